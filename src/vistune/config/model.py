@@ -23,7 +23,9 @@ class VisualConfig(_Strict):
     """
 
     anyres: bool = Field(True, description="tile the image into a grid of views; False = one view per image")
-    grids: Any = Field("(1x1),...,(6x6)", description="grid set: list of [rows, cols], 'RxC,...', range, 'max:RxC'")
+    grids: Any = Field(
+        "(1x1),...,(6x6)", description="grid set: list of [rows, cols], 'RxC,...', range, 'max:RxC'"
+    )
     base_view: Literal["squash", "pad", "none"] = Field(
         "squash", description="global view: squash to SxS (reference), aspect-preserving pad, or none"
     )
@@ -33,11 +35,14 @@ class VisualConfig(_Strict):
         "total", description="token cap: none | per_grid (study: T_new = tau/(ab+1)) | total (anyres_max_N)"
     )
     max_tokens: int | str | None = Field(
-        "9 tiles", description="tau: an int, 'N tiles' (N x tokens per view) or an expression like '(4+1)*729'"
+        "9 tiles",
+        description="tau: an int, 'N tiles' (N x tokens per view) or an expression like '(4+1)*729'",
     )
     cap_slack: float = Field(1.1, gt=0, description="total cap resizes only when sqrt(h*w/tau) exceeds this")
     pool_method: Literal["bilinear", "adaptive_avg"] = "bilinear"
-    pool_position: Literal["after", "before"] = Field("after", description="resample after or before the connector")
+    pool_position: Literal["after", "before"] = Field(
+        "after", description="resample after or before the connector"
+    )
     pool_ratio: float | None = Field(None, gt=0, le=1, description="fixed per-side pooling ratio, e.g. 0.5")
     min_long_edge_tiles: int | None = Field(
         None, ge=1, description="resolution lifting: long edge >= k * encoder size before tiling"
@@ -95,9 +100,13 @@ class VisionConfig(_Source):
     type: str | None = Field(
         None, description="encoder registry key (siglip | clip); inferred from the preset or HF config"
     )
-    feature_layer: int = Field(-1, description="hidden state to take (negative counts from the end; LLaVA CLIP: -2)")
+    feature_layer: int = Field(
+        -1, description="hidden state to take (negative counts from the end; LLaVA CLIP: -2)"
+    )
     keep_cls: bool = Field(False, description="keep the CLS token (CLIP only)")
-    drop_last_layer: bool = Field(False, description="OneVision: delete the last encoder layer, take its output")
+    drop_last_layer: bool = Field(
+        False, description="OneVision: delete the last encoder layer, take its output"
+    )
 
 
 class ConnectorConfig(_Strict):

@@ -80,7 +80,9 @@ def parse_grids(spec: Any) -> tuple[Grid, ...]:
         elif "..." in text:
             found = _GRID_RE.findall(text)
             if len(found) < 2:
-                raise GeometryError(f"visual.grids: range {spec!r} needs a first and a last grid, e.g. '(1x1),...,(6x6)'")
+                raise GeometryError(
+                    f"visual.grids: range {spec!r} needs a first and a last grid, e.g. '(1x1),...,(6x6)'"
+                )
             (r0, c0), (r1, c1) = (int(found[0][0]), int(found[0][1])), (int(found[-1][0]), int(found[-1][1]))
             if r0 > r1 or c0 > c1:
                 raise GeometryError(f"visual.grids: range {spec!r} runs backwards")
@@ -357,7 +359,9 @@ def pooled_side(s: int, pool_ratio: float | None) -> int:
     return max(1, math.ceil(s * pool_ratio - 1e-9))
 
 
-def plan_image(image_hw: Sequence[int], visual: Any, geometry: EncoderGeometry, single_view: bool = False) -> ImagePlan:
+def plan_image(
+    image_hw: Sequence[int], visual: Any, geometry: EncoderGeometry, single_view: bool = False
+) -> ImagePlan:
     """Plan one image. ``visual`` is a :class:`~vistune.config.VisualConfig` (or a dict with its fields)."""
     hw = (int(image_hw[0]), int(image_hw[1]))
     return _plan_cached(hw, _freeze(visual), geometry, bool(single_view))
@@ -502,7 +506,9 @@ def _plan_cached(hw: Grid, frozen: tuple, geometry: EncoderGeometry, single_view
     )
 
 
-def count_tokens(image_hw: Sequence[int], visual: Any, geometry: EncoderGeometry, single_view: bool = False) -> TokenCount:
+def count_tokens(
+    image_hw: Sequence[int], visual: Any, geometry: EncoderGeometry, single_view: bool = False
+) -> TokenCount:
     """Exact number of visual tokens (with a per-part breakdown) for one image."""
     return plan_image(image_hw, visual, geometry, single_view).tokens
 

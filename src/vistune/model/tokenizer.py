@@ -101,7 +101,9 @@ def build_tiny_tokenizer():
         model_max_length=32768,
         clean_up_tokenization_spaces=False,
     )
-    fast.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<unk>")]})
+    fast.add_special_tokens(
+        {"additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<unk>")]}
+    )
     return fast
 
 
