@@ -12,7 +12,7 @@ CONFIG_VERSION = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class VisualConfig(_Strict):
@@ -107,6 +107,10 @@ class VisionConfig(_Source):
     drop_last_layer: bool = Field(
         False, description="OneVision: delete the last encoder layer, take its output"
     )
+    image_mean: tuple[float, float, float] | None = Field(
+        None, description="default: the checkpoint's or family's"
+    )
+    image_std: tuple[float, float, float] | None = None
 
 
 class ConnectorConfig(_Strict):
@@ -116,6 +120,9 @@ class ConnectorConfig(_Strict):
 
 class LLMConfig(_Source):
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    tokenizer: str | None = Field(
+        None, description="tokenizer folder (default: the LLM folder, or the shipped tiny tokenizer)"
+    )
 
 
 class ModelConfig(_Strict):

@@ -187,6 +187,7 @@ class EncoderGeometry:
 
     image_size: int  # S: side of one square view in pixels
     patch_size: int
+    cls_tokens: int = 0  # 1 when a CLIP encoder keeps its CLS token (only the base/single view keeps it)
 
     @property
     def tokens_per_side(self) -> int:
@@ -245,7 +246,9 @@ def unpad_box(feature_hw: Grid, image_hw: Grid, rounding: str = "hf") -> tuple[i
     """
     cur_h, cur_w = feature_hw
     h, w = image_hw
-    rnd = (lambda x: int(round(x, 7))) if rounding == "hf" else int
+    # a sliver of an image never vanishes entirely: at least one row/column is kept (transformers would
+    # keep zero for aspect ratios beyond ~2*grid:1 and emit newline-only rows)
+    rnd = (lambda x: max(1, int(round(x, 7)))) if rounding == "hf" else (lambda x: max(1, int(x)))
     if w / h > cur_w / cur_h:
         new_h = rnd(h * (cur_w / w))
         pad = (cur_h - new_h) // 2
@@ -431,17 +434,22 @@ def _plan_cached(hw: Grid, frozen: tuple, geometry: EncoderGeometry, single_view
 
     if single_view or not anyres:
         mode = "pad" if single_view else ("pad" if base_view == "pad" else "squash")
-        resized = fit_inside(hw, (S, S)) if mode == "pad" else (S, S)
-        pad_tl = ((S - resized[0]) // 2, (S - resized[1]) // 2) if mode == "pad" else (0, 0)
+        if mode == "pad":  # expand to a square at the original resolution, then resize to S x S
+            m = max(h, w)
+            canvas_hw, resized, pad_tl = (m, m), hw, ((m - h) // 2, (m - w) // 2)
+        else:
+            canvas_hw, resized, pad_tl = (S, S), (S, S), (0, 0)
         n_new = 1 if newline else 0
-        tokens = TokenCount(base=per_view, grid=0, newlines=n_new, grid_before_cap=0, views=1)
+        tokens = TokenCount(
+            base=per_view + geometry.cls_tokens, grid=0, newlines=n_new, grid_before_cap=0, views=1
+        )
         return ImagePlan(
             image_hw=hw,
             lifted_hw=hw,
             single_view=True,
             view_mode=mode,
             grid=(0, 0),
-            canvas_hw=(S, S),
+            canvas_hw=canvas_hw,
             resized_hw=resized,
             pad_top_left=pad_tl,
             crop_boxes=(),
@@ -479,7 +487,7 @@ def _plan_cached(hw: Grid, frozen: tuple, geometry: EncoderGeometry, single_view
         final = total_cap_shape(unpadded, tau, slack)
     base_side = v if has_base else 0
     tokens = TokenCount(
-        base=base_side * base_side,
+        base=base_side * base_side + (geometry.cls_tokens if has_base else 0),
         grid=final[0] * final[1],
         newlines=final[0] if newline else 0,
         grid_before_cap=unpadded[0] * unpadded[1],
