@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
-from vistune.model.anyres import GeometryError, parse_budget, parse_grids
+from vistune.model.anyres import GeometryError, format_grids, parse_budget, parse_grids
 
 CONFIG_VERSION = 1
 
@@ -56,6 +56,10 @@ class VisualConfig(_Strict):
             return parse_grids(v)
         except GeometryError as exc:
             raise ValueError(str(exc).removeprefix("visual.grids: ")) from None
+
+    @field_serializer("grids")
+    def _grids_out(self, grids: tuple[tuple[int, int], ...]) -> str:
+        return format_grids(grids)
 
     @field_validator("max_tokens")
     @classmethod

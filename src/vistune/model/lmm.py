@@ -645,3 +645,31 @@ def load_pretrained(
             f"{p / 'config.json'}: model_type {model_type!r} is not llava_onevision or llava_next"
         )
     raise ConfigError(f"{p}: no {CONFIG_FILE} (vistune) or config.json (transformers) found")
+
+
+def model_geometry(path: str | Path):
+    """``(EncoderGeometry, VisualConfig)`` of a checkpoint, HF folder or preset, without loading weights."""
+    from vistune.model.anyres import EncoderGeometry
+    from vistune.model.presets import is_model_preset, model_preset, vision_preset
+
+    p = Path(str(path)).expanduser()
+    if not p.exists() and is_model_preset(str(path)):
+        cfg = validate(ModelConfig, model_preset(str(path)), prefix="model.")
+    elif (p / CONFIG_FILE).is_file():
+        cfg = validate(ModelConfig, json.loads((p / CONFIG_FILE).read_text())["config"], prefix="model.")
+    elif (p / "config.json").is_file():
+        from vistune.model.interop.hf import hf_model_config
+
+        cfg = hf_model_config(p)
+    else:
+        raise ConfigError(f"model: {path} is not a vistune checkpoint, an HF llava folder or a preset")
+    v = cfg.vision
+    if v.preset is not None:
+        d = vision_preset(v.preset)
+    elif v.hf_config is not None:
+        d = v.hf_config
+    else:
+        d = json.loads((Path(v.path) / "config.json").read_text())
+        d = d.get("vision_config", d)
+    keep_cls = 1 if (v.keep_cls and d.get("model_type", "").startswith("clip")) else 0
+    return EncoderGeometry(int(d["image_size"]), int(d["patch_size"]), keep_cls), cfg.visual

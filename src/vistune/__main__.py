@@ -1,0 +1,3 @@
+from vistune.cli import main
+
+main()
