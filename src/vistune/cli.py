@@ -74,6 +74,9 @@ def tokens(
     set_: Annotated[list[str], typer.Option("--set", help="visual.KEY=VALUE override (repeatable)")] = None,  # type: ignore[assignment]
     single_view: Annotated[bool, typer.Option(help="plan as one view of a multi-image sample")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    plot: Annotated[
+        str | None, typer.Option(help="write a PNG drawing of the first image's plan here")
+    ] = None,
 ) -> None:
     """Show the AnyRes plan of an image: chosen grid, crops, tokens per part and total."""
     from vistune.config import ConfigError
@@ -90,6 +93,13 @@ def tokens(
     except (GeometryError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     plans = [plan_image(hw, visual, geometry, single_view) for hw in sizes]
+    if plot:
+        from vistune.model.visualize import demo_image, render_plan
+
+        if plans[0].single_view:
+            raise typer.BadParameter("--plot draws AnyRes plans; drop --single-view or visual.anyres=false")
+        render_plan(demo_image(*sizes[0]), plans[0], geometry, plot, title=f"{model}: {visual.cap} cap")
+        console.print(f"plot written to {plot}")
     if as_json:
         print(
             json.dumps(
