@@ -191,3 +191,12 @@ def test_keep_cls_adds_one_base_token():
     assert p.tokens.base == 64 + 1
     pi = proc.preprocess_image(noise(40, 70))
     assert model.encode_images(pi.pixel_values, [pi.plan])[0].shape[0] == p.num_tokens
+
+
+def test_static_cache_generation_equals_dynamic(tiny):
+    model, proc = tiny
+    batch = proc(text=["<image>\nDescribe.", "Count the <image> shapes", "words only"],
+                 images=[[noise(40, 70, 3)], [noise(90, 33, 4)], []], padding_side="left")
+    dyn = model.generate(**batch, max_new_tokens=10)
+    sta = model.generate(**batch, max_new_tokens=10, cache_implementation="static")
+    assert torch.equal(dyn, sta)

@@ -324,12 +324,18 @@ class VistuneModel(nn.Module):
         stop_strings: Sequence[str] | None = None,
         pad_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        cache_implementation: str = "dynamic",
+        compile_decode: bool = False,
         **_: Any,
     ) -> torch.Tensor:
         """Batched decoding with a KV cache; returns only the new tokens ``(B, T_new)`` (pad after EOS).
 
         Left padding is expected for batches; positions come from the attention mask, so a left-padded
         batch decodes exactly like its samples one by one.
+
+        ``cache_implementation="static"`` preallocates the cache for prompt + ``max_new_tokens`` and keeps every
+        decode step's tensor shapes fixed (full-length attention mask, explicit cache positions), so the step
+        can be compiled / CUDA-graph captured (``compile_decode=True``) without recompiling per step.
         """
         input_ids = input_ids.to(self.device)
         B = input_ids.shape[0]
@@ -342,11 +348,46 @@ class VistuneModel(nn.Module):
         position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
         decoder = self._decoder()
         head = self.llm.get_output_embeddings()
-        out = decoder(
-            inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
-        )
-        cache = output_cache(out)
+        L = input_ids.shape[1]
+        static = cache_implementation == "static"
+        ckw = cache_kwarg(decoder)
+        if static:
+            from transformers import StaticCache
+
+            cache = StaticCache(config=self.llm.config, max_cache_len=L + max_new_tokens)
+            full_mask = torch.zeros(B, L + max_new_tokens, dtype=attention_mask.dtype, device=self.device)
+            full_mask[:, :L] = attention_mask
+            out = decoder(
+                inputs_embeds=emb,
+                attention_mask=full_mask[:, :L],
+                position_ids=position_ids,
+                use_cache=True,
+                cache_position=torch.arange(L, device=self.device),
+                **{ckw: cache},
+            )
+        else:
+            out = decoder(
+                inputs_embeds=emb, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
+            )
+            cache = output_cache(out)
         logits = head(out.last_hidden_state[:, -1]).float()
+
+        def static_step(
+            tok: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cpos: torch.Tensor
+        ) -> torch.Tensor:
+            o = decoder(
+                input_ids=tok[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                cache_position=cpos,
+                **{ckw: cache},
+            )
+            return head(o.last_hidden_state[:, -1]).float()
+
+        step_fn = static_step
+        if static and compile_decode:
+            step_fn = torch.compile(static_step, mode="reduce-overhead", dynamic=False)
         finished = torch.zeros(B, dtype=torch.bool, device=self.device)
         eos_t = torch.tensor(sorted(eos), device=self.device, dtype=torch.long) if eos else None
         new_tokens: list[torch.Tensor] = []
@@ -368,16 +409,21 @@ class VistuneModel(nn.Module):
                             finished[i] = True
             if bool(finished.all()) or step == max_new_tokens - 1:
                 break
+            last_pos = last_pos + 1
+            if static:
+                full_mask[:, L + step] = 1
+                cpos = torch.full((1,), L + step, dtype=torch.long, device=self.device)
+                logits = step_fn(tok, full_mask, last_pos, cpos)
+                continue
             attention_mask = torch.cat(
                 [attention_mask, torch.ones(B, 1, dtype=attention_mask.dtype, device=self.device)], 1
             )
-            last_pos = last_pos + 1
             out = decoder(
                 input_ids=tok[:, None],
                 attention_mask=attention_mask,
                 position_ids=last_pos,
                 use_cache=True,
-                **{cache_kwarg(decoder): cache},
+                **{ckw: cache},
             )
             cache = output_cache(out)
             logits = head(out.last_hidden_state[:, -1]).float()
