@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
         judge_base_url: Annotated[
             str | None, typer.Option(help="OpenAI-compatible base URL for the judge")
         ] = None,
+        judge_concurrency: Annotated[int, typer.Option(help="parallel judge requests")] = 8,
     ) -> None:
         """Run tasks: vistune eval --model PATH --tasks a,b --output DIR."""
         if ctx.invoked_subcommand is not None:
@@ -85,7 +86,12 @@ def register(app: typer.Typer) -> None:
         if judge_model or judge_base_url:
             from vistune.eval.judge import JudgeClient
 
-            judge = JudgeClient(model=judge_model, base_url=judge_base_url, cache_dir=output / "judge_cache")
+            judge = JudgeClient(
+                model=judge_model,
+                base_url=judge_base_url,
+                cache_dir=output / "judge_cache",
+                max_concurrency=judge_concurrency,
+            )
         names = [t.strip() for t in tasks.split(",") if t.strip()]
         res = evaluate(
             m,
@@ -109,11 +115,22 @@ def register(app: typer.Typer) -> None:
     def score(
         samples_file: Annotated[Path, typer.Argument(help="a samples/<task>.jsonl written by vistune eval")],
         task: Annotated[str | None, typer.Option(help="task name (default: from the file name)")] = None,
+        data_dir: Annotated[
+            str | None, typer.Option(help="dataset root (judged tasks that show images)")
+        ] = None,
+        judge_model: Annotated[str | None, typer.Option(help="judge model (LLM-judged tasks)")] = None,
+        judge_base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL")] = None,
+        judge_cache: Annotated[Path | None, typer.Option(help="judge cache folder (re-use a run's)")] = None,
     ) -> None:
-        """Re-score saved predictions with the current metric code (no model, no dataset needed)."""
+        """Re-score saved predictions with the current metric code (rule-based tasks: no model, no dataset)."""
         from vistune.eval.runner import rescore
 
-        res = rescore(samples_file, task)
+        judge = None
+        if judge_model or judge_base_url or judge_cache:
+            from vistune.eval.judge import JudgeClient
+
+            judge = JudgeClient(model=judge_model, base_url=judge_base_url, cache_dir=judge_cache)
+        res = rescore(samples_file, task, judge=judge, data_dir=data_dir)
         console.print_json(json.dumps(res["metrics"]))
 
     @eval_app.command("list")

@@ -195,8 +195,13 @@ def run_task(model: Any, processor: Any, task: Task, out_dir: Path, opts: EvalOp
                 images = [d.load_images() for d in chunk]
                 prompts, preds, n_new = generate_batch(model, processor, messages, images, gen, max_new)
                 new_tokens += n_new
-                for d, p, pred in zip(chunk, prompts, preds, strict=True):
-                    record = task.score(d, pred)
+                score_many = getattr(task, "score_many", None)
+                records = (
+                    score_many(chunk, preds)
+                    if score_many
+                    else [task.score(d, p) for d, p in zip(chunk, preds, strict=True)]
+                )
+                for d, p, pred, record in zip(chunk, prompts, preds, records, strict=True):
                     line = {
                         "doc_id": d.doc_id,
                         "prompt": p,
@@ -304,19 +309,42 @@ def evaluate(
     return payload
 
 
-def rescore(samples_file: str | Path, task_name: str | None = None) -> dict[str, Any]:
-    """Re-score a saved ``samples/<task>.jsonl`` with the current metric code (no model, no dataset)."""
+def rescore(
+    samples_file: str | Path, task_name: str | None = None, *, judge: Any = None, data_dir: str | None = None
+) -> dict[str, Any]:
+    """Re-score a saved ``samples/<task>.jsonl`` with the current metric code.
+
+    Rule-based tasks need neither the model nor the dataset (records carry the document without images).
+    LLM-judged tasks need a judge (a warm judge cache makes this free) and, when the judge must see the
+    image (Image-DC), the dataset: documents are then reloaded from ``data_dir`` by id.
+    """
     path = Path(samples_file)
     name = task_name or path.name.split(".")[0]
     task = get_task(name)
     lines = _read_jsonl(path)
     if not lines:
         raise ValueError(f"{path}: no sample records found")
-    records = []
     for i, ln in enumerate(lines):
         if "doc" not in ln or "prediction" not in ln:
             raise ValueError(f"{path}: line {i + 1} lacks 'doc' or 'prediction' — not a vistune samples file")
-        records.append(task.score(doc_from_json(ln["doc"]), ln["prediction"]))
+    docs = [doc_from_json(ln["doc"]) for ln in lines]
+    if task.judged:
+        if judge is None:
+            raise RuntimeError(f"task {name} is LLM-judged: give a judge to re-score it")
+        task.judge = judge
+        if data_dir is not None:
+            by_id = {d.doc_id: d for d in task.load(data_dir)}
+            missing = [d.doc_id for d in docs if d.doc_id not in by_id]
+            if missing:
+                raise ValueError(f"{path}: documents {missing[:5]} are not in the dataset under {data_dir}")
+            docs = [by_id[d.doc_id] for d in docs]
+    preds = [ln["prediction"] for ln in lines]
+    score_many = getattr(task, "score_many", None)
+    records = (
+        score_many(docs, preds)
+        if score_many
+        else [task.score(d, p) for d, p in zip(docs, preds, strict=True)]
+    )
     metrics = task.aggregate(records)
     return task_result(
         task, metrics, n=len(records), wall=None, prompts=[ln.get("prompt", "") for ln in lines[:3]]
