@@ -63,6 +63,19 @@ Is there a in the image? Are there any How many are there? What color is the Wha
 Is the to the left of the Is the to the right of the above below
 The image shows a on a background. In the image there is a and a
 highest lowest largest smallest greater fewer equal same different
+relative higher List data caption brief concisely Summarize Provide Write short visual content comes after
+plus minus seen each description descriptions generate detailed picture section break breaks insert instead
+Answer the question with a single word.
+OCR this image section by section, from top to bottom, and left to right.
+Do not insert line breaks in the output text.
+If a word is split due to a line break in the image, use a space instead.
+The image shows one object on a white background. There is a blue square on the right.
+The image shows two objects on a white background. There are a red circle at the top and a green cross below it.
+Write a short caption for the image. Summarize the visual content of the image.
+Provide a brief description of the given image. Describe the image concisely.
+What is the value of the bar? Which bar is the highest? Which bar is the lowest?
+What is written after CODE? What is written after NAME? Read the document. List the data of the chart.
+ID NO CODE NAME DATE ROOM TEL REF LOT KEY
 """
 
 
