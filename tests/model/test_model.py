@@ -195,8 +195,11 @@ def test_keep_cls_adds_one_base_token():
 
 def test_static_cache_generation_equals_dynamic(tiny):
     model, proc = tiny
-    batch = proc(text=["<image>\nDescribe.", "Count the <image> shapes", "words only"],
-                 images=[[noise(40, 70, 3)], [noise(90, 33, 4)], []], padding_side="left")
+    batch = proc(
+        text=["<image>\nDescribe.", "Count the <image> shapes", "words only"],
+        images=[[noise(40, 70, 3)], [noise(90, 33, 4)], []],
+        padding_side="left",
+    )
     dyn = model.generate(**batch, max_new_tokens=10)
     sta = model.generate(**batch, max_new_tokens=10, cache_implementation="static")
     assert torch.equal(dyn, sta)

@@ -137,7 +137,7 @@ class ModelConfig(_Strict):
     visual: VisualConfig = VisualConfig()
     chat_template: str = Field("qwen_1_5", description="chat template registry key")
     image_token: str = "<image>"
-    video_token: str = "<video>"
+    video_token: str | None = Field("<video>", description="None: the tokenizer has no video token")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     def with_visual(self, **changes: Any) -> ModelConfig:

@@ -327,6 +327,7 @@ register_template(
     ),
     ("llava_llama_3",),
 )
+register_template(ChatMLTemplate("chatml_nosys", default_system=None), ("qwen_1_5_nosys",))
 register_template(PlainTemplate("plain"))
 
 

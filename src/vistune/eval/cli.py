@@ -133,6 +133,29 @@ def register(app: typer.Typer) -> None:
         res = rescore(samples_file, task, judge=judge, data_dir=data_dir)
         console.print_json(json.dumps(res["metrics"]))
 
+    @eval_app.command("table")
+    def table(
+        results: Annotated[
+            list[Path], typer.Argument(help="results.json files or result folders (one row each)")
+        ],
+        output: Annotated[Path, typer.Option(help="folder for table.md / table.csv / table.json")] = Path(
+            "."
+        ),
+        tasks: Annotated[str | None, typer.Option(help="comma-separated task columns (default: all)")] = None,
+        labels: Annotated[str | None, typer.Option(help="comma-separated row labels")] = None,
+    ) -> None:
+        """Combine result folders into one study-style table (Markdown, CSV, JSON)."""
+        from vistune.eval.report import write_report
+
+        t = write_report(
+            results,
+            output,
+            tasks=tasks.split(",") if tasks else None,
+            labels=labels.split(",") if labels else None,
+        )
+        console.print(t.to_markdown())
+        console.print(f"written to {output}/table.md, .csv, .json")
+
     @eval_app.command("list")
     def list_() -> None:
         """List the registered tasks."""

@@ -156,13 +156,13 @@ def run_task(model: Any, processor: Any, task: Task, out_dir: Path, opts: EvalOp
     samples_dir = out_dir / SAMPLES_DIR
     samples_dir.mkdir(parents=True, exist_ok=True)
     shard_path = samples_dir / f"{task.name}.rank{rank}.jsonl"
-    if task.judged:
-        if opts.judge is None:
-            raise RuntimeError(
-                f"task {task.name} is judged by an LLM: give a judge (--judge-model / VISTUNE_JUDGE_MODEL and an "
-                "OpenAI-compatible endpoint)"
-            )
-        task.judge = opts.judge
+    if task.judged and opts.judge is None:
+        raise RuntimeError(
+            f"task {task.name} is judged by an LLM: give a judge (--judge-model / VISTUNE_JUDGE_MODEL and an "
+            "OpenAI-compatible endpoint)"
+        )
+    if opts.judge is not None and hasattr(task, "judge"):
+        task.judge = opts.judge  # judged tasks, and rule-first tasks with a judge fallback (MathVista)
     docs = list(task.load(opts.data_dir, limit=opts.limit))
     order = {d.doc_id: i for i, d in enumerate(docs)}
     mine = [d for i, d in enumerate(docs) if i % world == rank]
@@ -244,22 +244,22 @@ def run_task(model: Any, processor: Any, task: Task, out_dir: Path, opts: EvalOp
 def task_result(
     task: Task, metrics: dict[str, float], *, n: int, wall: float | None, prompts: list[str]
 ) -> dict[str, Any]:
-    primary = metrics.get(task.primary_metric)
-    return {
-        "task": task.name,
-        "version": task.version,
-        "split": task.split,
-        "metrics": metrics,
-        "primary_metric": task.primary_metric,
-        "primary": primary,
-        "avg_scale": task.avg_scale,
-        "chance": task.chance,
-        "n": n,
-        "wall_s": wall,
-        "generation": task.generation.as_dict(),
-        "example_prompts": prompts,
-        "prompt_hashes": [prompt_hash(p) for p in prompts],
-    }
+    """One task's entry in ``results.json`` (the :class:`vistune.eval.report.TaskResult` shape + run facts)."""
+    from vistune.eval.report import summarize_task
+
+    out = summarize_task(task, metrics, n=n).to_dict()
+    out.update(
+        {
+            "task": task.name,
+            "avg_scale": task.avg_scale,
+            "chance": task.chance,
+            "wall_s": wall,
+            "generation": task.generation.as_dict(),
+            "example_prompts": prompts,
+            "prompt_hashes": [prompt_hash(p) for p in prompts],
+        }
+    )
+    return out
 
 
 def evaluate(

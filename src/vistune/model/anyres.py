@@ -246,9 +246,8 @@ def unpad_box(feature_hw: Grid, image_hw: Grid, rounding: str = "hf") -> tuple[i
     """
     cur_h, cur_w = feature_hw
     h, w = image_hw
-    # a sliver of an image never vanishes entirely: at least one row/column is kept (transformers would
-    # keep zero for aspect ratios beyond ~2*grid:1 and emit newline-only rows)
-    rnd = (lambda x: max(1, int(round(x, 7)))) if rounding == "hf" else (lambda x: max(1, int(x)))
+    # like transformers, an extreme sliver may keep zero rows/columns (its rows are then newline-only)
+    rnd = (lambda x: int(round(x, 7))) if rounding == "hf" else int
     if w / h > cur_w / cur_h:
         new_h = rnd(h * (cur_w / w))
         pad = (cur_h - new_h) // 2

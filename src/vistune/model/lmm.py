@@ -79,7 +79,11 @@ class VistuneModel(nn.Module):
         self.hidden_size = hidden
         self.image_newline = nn.Parameter(torch.randn(hidden) / math.sqrt(hidden))
         self.image_token_id = int(tokenizer.convert_tokens_to_ids(config.image_token))
-        self.video_token_id = int(tokenizer.convert_tokens_to_ids(config.video_token))
+        self.video_token_id = (
+            int(tokenizer.convert_tokens_to_ids(config.video_token))
+            if config.video_token is not None
+            else None
+        )
         #: run the vision tower on a dummy view when a batch has no image, so every rank of a sharded run
         #: executes the same collectives (set by the trainer under FSDP)
         self.always_run_vision = False
@@ -576,7 +580,7 @@ def build_model(
     except ValueError as exc:
         raise ConfigError(f"model.{exc}") from None
     llm, tok = build_llm(cfg.llm, tokenizer_path=tok_path, load_weights=load_weights)
-    ensure_special_tokens(llm, tok, [cfg.image_token, cfg.video_token])
+    ensure_special_tokens(llm, tok, [t for t in (cfg.image_token, cfg.video_token) if t is not None])
     connector = build_connector(
         cfg.connector, vision.hidden_size, int(llm.get_input_embeddings().embedding_dim)
     )

@@ -10,6 +10,7 @@ from vistune.eval.tasks import (  # noqa: F401  (imported for registration)
     ocrbench,
     pope,
     synthdog,
+    synthetic,
     vqa,
 )
 
