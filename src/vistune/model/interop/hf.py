@@ -831,18 +831,10 @@ def _video_processor_config(model: Any, processor: Any) -> dict[str, Any]:
     }
 
 
-def export_hf(model: Any, processor: Any, dst: str | Path, format: str = "llava_onevision") -> Path:  # noqa: A002
-    """Write ``model`` as an HF ``llava_onevision`` or ``llava_next`` folder that transformers loads and that
-    gives the same logits.
-
-    The folder holds ``config.json`` + ``model.safetensors`` + ``generation_config.json`` (written by
-    transformers itself), the tokenizer, ``preprocessor_config.json`` (a PIL-backend image processor),
-    ``processor_config.json`` (processor attributes; the layout both transformers 4 and 5 load),
-    ``video_preprocessor_config.json`` (OneVision) and ``chat_template.jinja``. The write is atomic.
-    Raises :class:`InteropError` listing every setting transformers cannot express.
-    """
-    from vistune.fsutil import atomic_dir
-
+def to_hf_model(model: Any, format: str = "llava_onevision", device: Any = None) -> Any:  # noqa: A002
+    """An in-memory transformers ``LlavaOnevisionForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``
+    holding a copy of ``model``'s weights (same dtype; on ``device``, default the model's). Used by
+    :func:`export_hf` and by the benchmarks that compare both implementations on the same weights."""
     cfg = hf_config_for(model, format)
     with _no_init():
         hf = _hf_class(format)(cfg)
@@ -860,6 +852,22 @@ def export_hf(model: Any, processor: Any, dst: str | Path, format: str = "llava_
             value = getattr(gen, key, None)
             if value is not None:
                 setattr(hf.generation_config, key, value)
+    return hf.to(device if device is not None else model.device)
+
+
+def export_hf(model: Any, processor: Any, dst: str | Path, format: str = "llava_onevision") -> Path:  # noqa: A002
+    """Write ``model`` as an HF ``llava_onevision`` or ``llava_next`` folder that transformers loads and that
+    gives the same logits.
+
+    The folder holds ``config.json`` + ``model.safetensors`` + ``generation_config.json`` (written by
+    transformers itself), the tokenizer, ``preprocessor_config.json`` (a PIL-backend image processor),
+    ``processor_config.json`` (processor attributes; the layout both transformers 4 and 5 load),
+    ``video_preprocessor_config.json`` (OneVision) and ``chat_template.jinja``. The write is atomic.
+    Raises :class:`InteropError` listing every setting transformers cannot express.
+    """
+    from vistune.fsutil import atomic_dir
+
+    hf = to_hf_model(model, format, device="cpu")
     image_processor = _image_processor(model, processor, format)
     chat = hf_chat_template(model.config.chat_template, processor.image_token, processor.video_token)
     dst = Path(dst)
