@@ -149,6 +149,13 @@ def test_partial_checkpoint_holds_only_trainable_parts(tiny, tmp_path):
     model.save_pretrained(tmp_path / "s1", parts=["connector", "newline"])
     keys = set(load_file(str(tmp_path / "s1" / "model.safetensors")))
     assert keys and all(k.startswith("connector.") or k == "image_newline" for k in keys)
+    # a partial checkpoint never silently fills the missing parts with random weights
+    with pytest.raises(ConfigError, match="partial.*base="):
+        load_pretrained(tmp_path / "s1")
+    torch.manual_seed(0)
+    m2, _ = load_pretrained(tmp_path / "s1", base="tiny")  # same seed -> same base weights as `model`
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, m2.state_dict()[k]), k
 
 
 @pytest.mark.parametrize(

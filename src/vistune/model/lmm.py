@@ -113,6 +113,12 @@ class VistuneModel(nn.Module):
             "newline": [self.image_newline],
         }
 
+    def unused_parameter_names(self) -> set[str]:
+        """Parameters that can never receive a gradient: the encoder's final layernorm (vistune takes the
+        selected layer's raw output, like LLaVA). The trainer keeps them frozen in every stage."""
+        names = (n for n, _ in self.vision.model.named_parameters())
+        return {f"vision.model.{n}" for n in names if "post_layernorm" in n.split(".")}
+
     def part_of(self, name: str) -> str:
         for prefix, part in (("vision.", "vision"), ("connector.", "connector"), ("llm.", "llm")):
             if name.startswith(prefix):
@@ -507,37 +513,122 @@ class VistuneModel(nn.Module):
         processor: VistuneProcessor | None = None,
         parts: Sequence[str] | None = None,
         metadata: dict[str, Any] | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None,
     ) -> Path:
-        """Atomically write a vistune checkpoint folder. ``parts`` limits the weights (e.g. a Stage-1
-        checkpoint may hold only ``["connector", "newline"]``)."""
-        from safetensors.torch import save_file, save_model
+        """Atomically write a vistune checkpoint folder.
 
+        ``parts`` limits the weights (a Stage-1 checkpoint may hold only ``["connector", "newline"]``);
+        ``state_dict`` supplies the weights when the module itself is sharded (FSDP gathers them first).
+        """
         from vistune.fsutil import atomic_dir
 
         path = Path(path)
         with atomic_dir(path) as tmp:
-            cfg = self.resolved_config()
-            info = {
-                "format": FORMAT_NAME,
-                "config": cfg.model_dump(mode="json"),
-                "parts": list(parts) if parts else ["vision", "connector", "llm", "newline"],
-                "vision": self.vision.describe(),
-                "metadata": metadata or {},
-            }
-            (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-            if parts:
-                sd = {
-                    k: v.detach().contiguous().cpu()
-                    for k, v in self.state_dict().items()
-                    if self.part_of(k) in parts
-                }
-                save_file(sd, str(tmp / WEIGHTS_FILE))
-            else:
-                save_model(self, str(tmp / WEIGHTS_FILE))
-            self.tokenizer.save_pretrained(str(tmp))
-            if processor is not None:
-                (tmp / "vistune_processor.json").write_text(json.dumps(processor.to_dict(), indent=2) + "\n")
+            write_model_folder(
+                tmp,
+                self,
+                state_dict if state_dict is not None else self.state_dict(),
+                processor,
+                parts,
+                metadata,
+            )
         return path
+
+
+ALL_PARTS = ("vision", "connector", "llm", "newline")
+
+
+def write_model_folder(
+    path: Path,
+    model: VistuneModel,
+    state_dict: dict[str, torch.Tensor],
+    processor: VistuneProcessor | None,
+    parts: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """Write a vistune model folder from a full state dict (the caller provides atomicity).
+
+    Tensors that alias an earlier one (tied embeddings) are stored once; :func:`load_weights` restores the
+    alias. Only the weights of ``parts`` are written (default: all).
+    """
+    from safetensors.torch import save_file
+
+    parts = list(parts) if parts else list(ALL_PARTS)
+    path.mkdir(parents=True, exist_ok=True)
+    info = {
+        "format": FORMAT_NAME,
+        "config": model.resolved_config().model_dump(mode="json"),
+        "parts": parts,
+        "vision": model.vision.describe(),
+        "metadata": metadata or {},
+    }
+    (path / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        if model.part_of(k) not in parts:
+            continue
+        key = (v.untyped_storage().data_ptr(), v.storage_offset())
+        if key in seen and v.numel() > 0:
+            continue
+        seen.add(key)
+        out[k] = v.detach().contiguous().cpu()
+    save_file(out, str(path / WEIGHTS_FILE))
+    model.tokenizer.save_pretrained(str(path))
+    if processor is not None:
+        (path / "vistune_processor.json").write_text(json.dumps(processor.to_dict(), indent=2) + "\n")
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """The ``vistune_config.json`` of a model folder (format, config, parts)."""
+    f = Path(path) / CONFIG_FILE
+    if not f.is_file():
+        raise ConfigError(f"{path}: not a vistune model folder (no {CONFIG_FILE})")
+    try:
+        info = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{f}: invalid JSON ({exc})") from None
+    if info.get("format") != FORMAT_NAME:
+        raise ConfigError(f"{f}: not a vistune checkpoint (format={info.get('format')!r})")
+    return info
+
+
+def load_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load a model folder's weights onto ``model`` (before any sharding); returns the parts loaded.
+
+    Every weight of the parts the folder declares must be present (tied aliases excepted), and no weight may
+    be unknown to the model or differ in shape; parts the folder does not hold keep the model's values.
+    Transformers versions that nest vision towers differently are tolerated.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = read_model_info(path)
+    parts = list(info.get("parts") or ALL_PARTS)
+    own = model.state_dict()
+    sd = _adapt_keys(load_file(str(path / WEIGHTS_FILE)), set(own))
+    unexpected = [k for k in sd if k not in own]
+    if unexpected:
+        raise ConfigError(
+            f"{path / WEIGHTS_FILE}: weights the model does not have: {unexpected[:5]} "
+            "(was it trained with a different model config?)"
+        )
+    wrong = [k for k, v in sd.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ConfigError(
+            f"{path / WEIGHTS_FILE}: {k} has shape {tuple(sd[k].shape)} but the model's is "
+            f"{tuple(own[k].shape)} (different backbone config?)"
+        )
+    ptr_of = {k: v.data_ptr() for k, v in own.items()}
+    present = {ptr_of[k] for k in sd}
+    missing = [k for k in own if k not in sd and model.part_of(k) in parts and ptr_of[k] not in present]
+    if missing:
+        raise ConfigError(f"{path / WEIGHTS_FILE}: missing weights of parts {parts}: {missing[:5]}")
+    with torch.no_grad():
+        for k, v in sd.items():
+            own[k].copy_(v)
+    return parts
 
 
 def hf_config_dict(cfg: Any) -> dict[str, Any]:
@@ -624,40 +715,33 @@ def load_native(
     visual_overrides: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    base: str | Path | None = None,
 ) -> tuple[VistuneModel, VistuneProcessor]:
-    from safetensors.torch import load_file
-
+    """Load a vistune checkpoint. A checkpoint holding only some parts (e.g. a connector-only Stage-1
+    output) is loaded on top of ``base`` (a checkpoint, HF folder or preset with the same backbones)."""
     path = Path(path)
-    info = json.loads((path / CONFIG_FILE).read_text())
-    if info.get("format") != FORMAT_NAME:
-        raise ConfigError(f"{path / CONFIG_FILE}: not a vistune checkpoint (format={info.get('format')!r})")
-    cfg = validate(ModelConfig, info["config"], prefix="model.", source=str(path / CONFIG_FILE))
-    if visual_overrides:
-        cfg = cfg.with_visual(**visual_overrides)
-    model, processor = build_model(cfg, base_dir=path, device="cpu", dtype="float32")
-    sd = load_file(str(path / WEIGHTS_FILE))
-    own = model.state_dict()
-    sd = _adapt_keys(sd, set(own))
-    parts = info.get("parts") or ["vision", "connector", "llm", "newline"]
-    # tied weights are stored once; let load_state_dict fill the aliases
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    unexpected = [k for k in unexpected]
-    real_missing = [k for k in missing if model.part_of(k) in parts and not _is_tied_alias(model, k, sd)]
-    if unexpected or real_missing:
-        raise ConfigError(
-            f"{path / WEIGHTS_FILE}: weights do not match the model (missing: {real_missing[:5]}, "
-            f"unexpected: {unexpected[:5]})"
+    info = read_model_info(path)
+    parts = set(info.get("parts") or ALL_PARTS)
+    if base is None:
+        if parts != set(ALL_PARTS):
+            raise ConfigError(
+                f"{path} holds only the {sorted(parts)} weights (a partial, e.g. Stage-1, checkpoint); load it on "
+                "top of its base model: load_pretrained(path, base=BASE)"
+            )
+        cfg = validate(ModelConfig, info["config"], prefix="model.", source=str(path / CONFIG_FILE))
+        if visual_overrides:
+            cfg = cfg.with_visual(**visual_overrides)
+        model, processor = build_model(cfg, base_dir=path, device="cpu", dtype="float32")
+    else:
+        model, processor = load_pretrained(
+            base, visual_overrides=visual_overrides, device="cpu", dtype="float32"
         )
+    load_weights(model, path)
+    cfg = model.config
     torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else (dtype or _DTYPES[cfg.dtype])
     model.to(device=device, dtype=torch_dtype)
     model.eval()
     return model, processor
-
-
-def _is_tied_alias(model: VistuneModel, key: str, sd: dict[str, torch.Tensor]) -> bool:
-    own = model.state_dict()
-    t = own[key]
-    return any(k in sd and own[k].data_ptr() == t.data_ptr() for k in own if k != key)
 
 
 def load_pretrained(
@@ -666,8 +750,11 @@ def load_pretrained(
     visual_overrides: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    base: str | Path | None = None,
 ) -> tuple[VistuneModel, VistuneProcessor]:
-    """Load a vistune checkpoint, an HF ``llava_onevision``/``llava_next`` folder, or a model preset name."""
+    """Load a vistune checkpoint, an HF ``llava_onevision``/``llava_next`` folder, or a model preset name.
+
+    ``base`` is needed only for partial vistune checkpoints (see :func:`load_native`)."""
     from vistune.model.presets import is_model_preset, model_preset
 
     p = Path(str(path)).expanduser()
@@ -684,7 +771,7 @@ def load_pretrained(
             f"model: {path} is neither a folder nor a built-in preset ({', '.join(sorted(MODEL_PRESETS))})"
         )
     if (p / CONFIG_FILE).is_file():
-        return load_native(p, visual_overrides=visual_overrides, device=device, dtype=dtype)
+        return load_native(p, visual_overrides=visual_overrides, device=device, dtype=dtype, base=base)
     if (p / "config.json").is_file():
         model_type = json.loads((p / "config.json").read_text()).get("model_type")
         if model_type in ("llava_onevision", "llava_next"):

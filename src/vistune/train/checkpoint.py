@@ -46,9 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vistune.config import ConfigError
-from vistune.config.train import PARTS
 from vistune.fsutil import atomic_dir
+from vistune.model.lmm import load_weights, read_model_info, write_model_folder
 from vistune.train.parallel import DistInfo, all_gather_objects, barrier, broadcast_object
 
 log = logging.getLogger("vistune.train")
@@ -65,19 +64,6 @@ _STAGE_RE = re.compile(r"^s(\d+)-(.+)$")
 # ------------------------------------------------------------------------------------------------------
 # model folders
 # ------------------------------------------------------------------------------------------------------
-def read_model_info(path: str | Path) -> dict[str, Any]:
-    """The ``vistune_config.json`` of a model folder (format, config, parts)."""
-    from vistune.model.lmm import CONFIG_FILE, FORMAT_NAME
-
-    f = Path(path) / CONFIG_FILE
-    if not f.is_file():
-        raise ConfigError(f"{path}: not a vistune model folder (no {CONFIG_FILE})")
-    info = json.loads(f.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT_NAME:
-        raise ConfigError(f"{f}: not a vistune checkpoint (format={info.get('format')!r})")
-    return info
-
-
 def full_state_dict(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]:
     """Unsharded CPU copy of the weights (on rank 0; other ranks get ``{}`` under FSDP). Collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -86,87 +72,6 @@ def full_state_dict(model: nn.Module, info: DistInfo) -> dict[str, torch.Tensor]
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=opts)
-
-
-def write_model_folder(
-    path: Path,
-    model: nn.Module,
-    state_dict: dict[str, torch.Tensor],
-    processor: Any,
-    parts: Sequence[str],
-    metadata: dict[str, Any] | None = None,
-) -> None:
-    """Write a vistune model folder (same layout as ``VistuneModel.save_pretrained``) from a full state dict.
-
-    The folder is written into ``path`` as is (the caller provides atomicity). Tensors that alias an
-    earlier one (tied embeddings) are stored once; the loader restores the alias.
-    """
-    from safetensors.torch import save_file
-
-    from vistune.model.lmm import CONFIG_FILE, FORMAT_NAME, WEIGHTS_FILE
-
-    path.mkdir(parents=True, exist_ok=True)
-    info = {
-        "format": FORMAT_NAME,
-        "config": model.resolved_config().model_dump(mode="json"),
-        "parts": list(parts),
-        "vision": model.vision.describe(),
-        "metadata": metadata or {},
-    }
-    (path / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    seen: dict[tuple[int, int], str] = {}
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state_dict.items():
-        if model.part_of(k) not in parts:
-            continue
-        key = (v.untyped_storage().data_ptr(), v.storage_offset())
-        if key in seen and v.numel() > 0:
-            continue
-        seen[key] = k
-        out[k] = v.detach().contiguous().cpu()
-    save_file(out, str(path / WEIGHTS_FILE))
-    model.tokenizer.save_pretrained(str(path))
-    if processor is not None:
-        (path / "vistune_processor.json").write_text(json.dumps(processor.to_dict(), indent=2) + "\n")
-
-
-def load_weights(model: nn.Module, path: str | Path) -> list[str]:
-    """Load a model folder's weights onto ``model`` (before any sharding); returns the parts loaded.
-
-    Every weight of the parts the folder declares must be present (tied aliases excepted), and no weight
-    may be unknown to the model; parts the folder does not hold keep the model's current values.
-    """
-    from safetensors.torch import load_file
-
-    from vistune.model.lmm import WEIGHTS_FILE
-
-    path = Path(path)
-    info = read_model_info(path)
-    parts = list(info.get("parts") or PARTS)
-    sd = load_file(str(path / WEIGHTS_FILE))
-    own = model.state_dict()
-    unexpected = [k for k in sd if k not in own]
-    if unexpected:
-        raise ConfigError(
-            f"{path / WEIGHTS_FILE}: weights the model does not have: {unexpected[:5]} "
-            "(was it trained with a different model config?)"
-        )
-    wrong = [k for k, v in sd.items() if tuple(v.shape) != tuple(own[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise ConfigError(
-            f"{path / WEIGHTS_FILE}: {k} has shape {tuple(sd[k].shape)} but the model's is "
-            f"{tuple(own[k].shape)} (different backbone config?)"
-        )
-    ptr_of = {k: v.data_ptr() for k, v in own.items()}
-    present = {ptr_of[k] for k in sd}
-    missing = [k for k in own if k not in sd and model.part_of(k) in parts and ptr_of[k] not in present]
-    if missing:
-        raise ConfigError(f"{path / WEIGHTS_FILE}: missing weights of parts {parts}: {missing[:5]}")
-    with torch.no_grad():
-        for k, v in sd.items():
-            own[k].copy_(v)
-    return parts
 
 
 # ------------------------------------------------------------------------------------------------------

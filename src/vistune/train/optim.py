@@ -39,9 +39,10 @@ def set_trainable(model: nn.Module, parts: tuple[str, ...] | list[str]) -> dict[
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)}; parts are {PARTS}")
     counts = {p: {"trainable": 0, "frozen": 0} for p in PARTS}
+    unused = model.unused_parameter_names() if hasattr(model, "unused_parameter_names") else set()
     for name, p in model.named_parameters():
         part = model.part_of(name)
-        train = part in parts
+        train = part in parts and name not in unused
         p.requires_grad_(train)
         counts[part]["trainable" if train else "frozen"] += p.numel()
     return counts
