@@ -786,8 +786,7 @@ def load_pretrained(
 
 def model_geometry(path: str | Path):
     """``(EncoderGeometry, VisualConfig)`` of a checkpoint, HF folder or preset, without loading weights."""
-    from vistune.model.anyres import EncoderGeometry
-    from vistune.model.presets import is_model_preset, model_preset, vision_preset
+    from vistune.model.presets import is_model_preset, model_preset
 
     p = Path(str(path)).expanduser()
     if not p.exists() and is_model_preset(str(path)):
@@ -800,13 +799,24 @@ def model_geometry(path: str | Path):
         cfg = hf_model_config(p)
     else:
         raise ConfigError(f"model: {path} is not a vistune checkpoint, an HF llava folder or a preset")
+    return model_geometry_from_config(cfg)
+
+
+def model_geometry_from_config(cfg: ModelConfig):
+    """``(EncoderGeometry, VisualConfig)`` of a model config, reading at most the encoder's config.json."""
+    from vistune.model.anyres import EncoderGeometry
+    from vistune.model.presets import vision_preset
+
     v = cfg.vision
     if v.preset is not None:
         d = vision_preset(v.preset)
     elif v.hf_config is not None:
         d = v.hf_config
     else:
-        d = json.loads((Path(v.path) / "config.json").read_text())
+        f = Path(v.path).expanduser() / "config.json"
+        if not f.is_file():
+            raise ConfigError(f"vision.path: {f} not found")
+        d = json.loads(f.read_text())
         d = d.get("vision_config", d)
-    keep_cls = 1 if (v.keep_cls and d.get("model_type", "").startswith("clip")) else 0
+    keep_cls = 1 if (v.keep_cls and str(d.get("model_type", "")).startswith("clip")) else 0
     return EncoderGeometry(int(d["image_size"]), int(d["patch_size"]), keep_cls), cfg.visual
