@@ -190,3 +190,18 @@ def test_shipped_recipes_resolve(tmp_path):
     s15 = seen["study/clip336-vicuna7b-stage1.5.yaml"]
     assert [s.name for s in s15.stages] == ["align", "knowledge", "sft"]
     assert set(s15.stages[1].trainable) == {"vision", "connector", "llm", "newline"}
+
+
+def test_disabled_stage_is_left_out(tmp_path):
+    from vistune.config.train import load_recipe
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("")
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "model: tiny\nstages:\n"
+        f"  - {{name: a, data: {{path: {data}}}, trainable: [connector], lr: {{default: 1.0e-3}}, global_batch_size: 1}}\n"
+        f"  - {{name: b, data: {{path: {data}}}, trainable: [llm], lr: {{default: 1.0e-3}}, global_batch_size: 1}}\n"
+    )
+    assert [s.name for s in load_recipe(f).stages] == ["a", "b"]
+    assert [s.name for s in load_recipe(f, ["stages.a.enabled=false"]).stages] == ["b"]

@@ -223,6 +223,22 @@ class RecipeConfig(_Strict):
     logging: LoggingConfig = LoggingConfig()
     strict: bool = Field(False, description="fail on the first bad sample instead of skipping it")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_disabled(cls, data: Any) -> Any:
+        """A stage with ``enabled: false`` is left out (ablations: "no Stage-1.5"); the next enabled stage
+        starts from the previous enabled stage's output."""
+        if isinstance(data, dict) and isinstance(data.get("stages"), list | tuple):
+            stages = []
+            for st in data["stages"]:
+                if isinstance(st, dict) and "enabled" in st:
+                    st = dict(st)
+                    if not st.pop("enabled"):
+                        continue
+                stages.append(st)
+            data = {**data, "stages": stages}
+        return data
+
     @model_validator(mode="after")
     def _stages(self) -> RecipeConfig:
         if not self.stages:
