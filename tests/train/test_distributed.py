@@ -55,12 +55,24 @@ def _worker(rank: int, world: int, port: int, recipe: dict, out: str, crash_at: 
 
 
 def _spawn(recipe: RecipeConfig, out: Path, crash_at: int | None = None) -> None:
-    mp.spawn(
-        _worker,
-        args=(2, _free_port(), recipe.model_dump(mode="json"), str(out), crash_at),
-        nprocs=2,
-        join=True,
-    )
+    # the free port is only reserved until it is released, so another process may grab it before gloo binds;
+    # a busy machine can also time out the rendezvous. Retry those (and only those) with a fresh port.
+    for attempt in range(3):
+        try:
+            mp.spawn(
+                _worker,
+                args=(2, _free_port(), recipe.model_dump(mode="json"), str(out), crash_at),
+                nprocs=2,
+                join=True,
+            )
+            return
+        except Exception as exc:  # ProcessRaisedException carries the worker's traceback text
+            text = str(exc)
+            transient = any(
+                m in text for m in ("Address already in use", "EADDRINUSE", "timed out", "Connection reset")
+            )
+            if not transient or attempt == 2:
+                raise
 
 
 @pytest.fixture(scope="module")

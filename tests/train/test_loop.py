@@ -40,11 +40,18 @@ def _max_diff(a, b):
 
 @pytest.mark.parametrize(
     "variant",
-    [{"micro_batch_size": 1}, {"micro_batch_size": 2, "gradient_checkpointing": True}],
-    ids=["micro1xaccum4", "micro2xaccum2+grad-ckpt"],
+    [
+        {"micro_batch_size": 1},
+        {"micro_batch_size": 2, "gradient_checkpointing": True},
+        {"micro_batch_size": 2, "packing": True},
+        {"micro_batch_size": 4, "packing": True, "compile": True},
+    ],
+    ids=["micro1xaccum4", "micro2xaccum2+grad-ckpt", "micro2xaccum2+packed", "micro4+packed+compiled"],
 )
-def test_accumulation_layout_does_not_change_the_step(tmp_path, toy_data, variant):
-    """micro 1 x accum 4 (and 2 x 2 with checkpointing) == micro 4 x accum 1: same losses per step."""
+def test_accumulation_layout_does_not_change_the_step(tmp_path, toy_data, variant, monkeypatch):
+    """micro 1 x accum 4 (and 2 x 2 with checkpointing, packed micro-batches, compiled blocks) == micro 4 x
+    accum 1 padded: same losses per step."""
+    monkeypatch.setenv("VISTUNE_COMPILE_BACKEND", "eager")
     ref = make_recipe([stage_dict(toy_data, micro_batch_size=4, max_steps=4)])
     train(ref, RunOptions(output=tmp_path / "ref"))
     other = make_recipe([stage_dict(toy_data, max_steps=4, **variant)])

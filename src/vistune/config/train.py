@@ -127,6 +127,12 @@ class StageConfig(_Strict):
         "auto", description="auto = bf16 autocast on a GPU that supports it, fp32 otherwise"
     )
     gradient_checkpointing: bool = False
+    packing: bool = Field(
+        False,
+        description="pack each micro-batch into one row (positions restart per sample, attention isolated "
+        "per sample, no padding); same loss and gradients as padding",
+    )
+    compile: bool = Field(False, description="torch.compile every LLM decoder layer and vision encoder layer")
     chat_template: str | None = Field(None, description="template registry key; default: the model's")
     official_qwen_masking: bool = False
     max_length: int = Field(4096, ge=8, description="positions after image expansion")

@@ -37,10 +37,14 @@ def _images(items: Sequence[dict[str, Any]], out: dict[str, Any]) -> None:
 
 
 def collate_padded(
-    items: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right"
+    items: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    padding_side: str = "right",
+    pad_to_multiple_of: int = 1,
 ) -> dict[str, Any]:
-    """Pad to the longest item. Returns input_ids, attention_mask, labels (+ images)."""
+    """Pad to the longest item (rounded up to a multiple). Returns input_ids, attention_mask, labels (+ images)."""
     longest = max(len(it["input_ids"]) for it in items)
+    longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     ids = torch.full((len(items), longest), pad_token_id, dtype=torch.long)
     labels = torch.full((len(items), longest), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(items), longest), dtype=torch.long)

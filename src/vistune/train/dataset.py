@@ -266,8 +266,10 @@ class Batch:
     """A padded micro-batch. ``skips`` are the markers of samples dropped from it (counted by the trainer)."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None
     labels: torch.Tensor
+    position_ids: torch.Tensor | None = None  # packed batches: positions restart at every sample
+    seq_lens: list[int] = field(default_factory=list)  # per-sample lengths (FLOPs use these, packed or not)
     pixel_values: torch.Tensor | None = None
     image_sizes: torch.Tensor | None = None
     image_single_view: torch.Tensor | None = None
@@ -278,12 +280,17 @@ class Batch:
     is_dummy: bool = False
 
     @property
+    def packed(self) -> bool:
+        return self.position_ids is not None
+
+    @property
     def num_samples(self) -> int:
-        return 0 if self.is_dummy else int(self.input_ids.shape[0])
+        return 0 if self.is_dummy else len(self.seq_lens)
 
     @property
     def num_tokens(self) -> int:
-        return 0 if self.is_dummy else int(self.attention_mask.sum())
+        """Real (non-padding) tokens."""
+        return 0 if self.is_dummy else sum(self.seq_lens)
 
     @property
     def num_views(self) -> int:
@@ -296,7 +303,7 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """Page-lock the tensors (called by the DataLoader when ``pin_memory=True``)."""
-        for name in ("input_ids", "attention_mask", "labels", "pixel_values"):
+        for name in ("input_ids", "attention_mask", "labels", "position_ids", "pixel_values"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.pin_memory())
@@ -305,9 +312,13 @@ class Batch:
     def model_inputs(self, device: torch.device | str) -> dict[str, Any]:
         out: dict[str, Any] = {
             "input_ids": self.input_ids.to(device, non_blocking=True),
-            "attention_mask": self.attention_mask.to(device, non_blocking=True),
+            "attention_mask": None
+            if self.attention_mask is None
+            else self.attention_mask.to(device, non_blocking=True),
             "labels": self.labels.to(device, non_blocking=True),
         }
+        if self.position_ids is not None:
+            out["position_ids"] = self.position_ids.to(device, non_blocking=True)
         if self.pixel_values is not None:
             out["pixel_values"] = self.pixel_values.to(device, non_blocking=True)
             out["image_sizes"] = self.image_sizes
@@ -328,44 +339,51 @@ def dummy_batch(pad_token_id: int, skips: Sequence[Skipped] = ()) -> Batch:
 
 
 class Collator:
-    """Right-pads examples into a :class:`Batch`; all views of all images go into one ``pixel_values``.
+    """Turns examples into a :class:`Batch`: right-padded rows, or — with ``packing`` — one packed row per
+    micro-batch (positions restart per sample, no padding; see :mod:`vistune.data.packing`). Either way all
+    views of all images go into one ``pixel_values`` and the loss covers the same supervised tokens.
 
     When every sample was skipped it returns a :func:`dummy_batch` (``is_dummy``) that carries the skips, so
     the trainer can count them and, under data parallelism, still join the step's collectives.
     """
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(
+        self, pad_token_id: int, pad_to_multiple_of: int | None = None, packing: bool = False
+    ) -> None:
         self.pad_token_id = int(pad_token_id)
-        self.pad_to_multiple_of = pad_to_multiple_of
+        self.pad_to_multiple_of = pad_to_multiple_of or 1
+        self.packing = packing
 
     def __call__(self, items: Sequence[Example | Skipped]) -> Batch:
+        from vistune.data.packing import collate_packed, collate_padded
+
         examples = [x for x in items if isinstance(x, Example)]
         skips = [x for x in items if isinstance(x, Skipped)]
         if not examples:
             return dummy_batch(self.pad_token_id, skips)
-        longest = max(len(e.input_ids) for e in examples)
-        if self.pad_to_multiple_of:
-            m = self.pad_to_multiple_of
-            longest = (longest + m - 1) // m * m
-        B = len(examples)
-        ids = torch.full((B, longest), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((B, longest), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((B, longest), dtype=torch.long)
-        for b, e in enumerate(examples):
-            n = len(e.input_ids)
-            ids[b, :n] = torch.as_tensor(e.input_ids, dtype=torch.long)
-            labels[b, :n] = torch.as_tensor(e.labels, dtype=torch.long)
-            mask[b, :n] = 1
-        views = [e.pixel_values for e in examples if e.pixel_values is not None]
-        sizes = [hw for e in examples for hw in e.image_sizes]
-        single = [s for e in examples for s in e.single_view]
+        dicts = [
+            {
+                "input_ids": e.input_ids,
+                "labels": e.labels,
+                "pixel_values": e.pixel_values,
+                "image_sizes": e.image_sizes,
+                "image_single_view": e.single_view,
+            }
+            for e in examples
+        ]
+        if self.packing:
+            d = collate_packed(dicts, pad_to_multiple_of=self.pad_to_multiple_of)
+        else:
+            d = collate_padded(dicts, self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
         return Batch(
-            input_ids=ids,
-            attention_mask=mask,
-            labels=labels,
-            pixel_values=torch.cat(views) if views else None,
-            image_sizes=torch.tensor(sizes, dtype=torch.long) if sizes else None,
-            image_single_view=torch.tensor(single, dtype=torch.bool) if single else None,
+            input_ids=d["input_ids"],
+            attention_mask=d["attention_mask"],
+            labels=d["labels"],
+            position_ids=d.get("position_ids"),
+            seq_lens=d["seq_lens"],
+            pixel_values=d.get("pixel_values"),
+            image_sizes=d.get("image_sizes"),
+            image_single_view=d.get("image_single_view"),
             indices=[e.index for e in examples],
             skips=skips,
             num_truncated=sum(e.truncated for e in examples),

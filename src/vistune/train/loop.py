@@ -65,6 +65,7 @@ from vistune.train.parallel import (
     DistInfo,
     all_gather_objects,
     all_reduce_sum,
+    apply_compile,
     apply_parallelism,
     barrier,
     broadcast_object,
@@ -392,6 +393,9 @@ class StageRunner:
         model.to(info.device)
         if st.gradient_checkpointing:
             enable_gradient_checkpointing(model, trainable)
+        if st.compile:
+            n = apply_compile(model)
+            log.info("stage %s: compiled %d transformer blocks", st.name, n)
         self.wrapped = apply_parallelism(
             model,
             self.strategy,
@@ -426,7 +430,7 @@ class StageRunner:
         self.total = min(planned, self.options.max_steps) if self.options.max_steps else planned
         self.warmup = warmup_steps(st, self.total)
         self.pad_id = int(processor.tokenizer.pad_token_id)
-        self.collator = Collator(self.pad_id)
+        self.collator = Collator(self.pad_id, packing=self.stage.packing)
         self.skips_base = SkipLog(self.recipe.logging.first_skips_logged, logger=None)
         self.skips = SkipLog(self.recipe.logging.first_skips_logged)
         self.spike = SpikeDetector(st.spike.window, st.spike.threshold, st.spike.min_history)
@@ -584,8 +588,7 @@ class StageRunner:
             if b.is_dummy:
                 continue
             loss_sum += out.loss_sum.detach().double().cpu()
-            seq = b.attention_mask.sum(dim=1).tolist()
-            flops += self.flops_model.batch_flops(seq, b.num_views, b.num_loss_tokens)
+            flops += self.flops_model.batch_flops(b.seq_lens, b.num_views, b.num_loss_tokens)
             tokens += b.num_tokens
             visual += int(out.num_visual_tokens)
             samples += b.num_samples

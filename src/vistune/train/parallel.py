@@ -139,6 +139,23 @@ def enable_gradient_checkpointing(model: nn.Module, trainable: tuple[str, ...] |
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def apply_compile(model: nn.Module, backend: str | None = None) -> int:
+    """``torch.compile`` each LLM decoder layer and each vision encoder layer in place (per-block compile,
+    like torchtitan): shapes vary with AnyRes and packing, so ``dynamic=True``; the blocks are the hot path
+    and compiling them separately keeps graph breaks (image splicing, Python loops) outside. Returns the
+    number of compiled blocks. ``VISTUNE_COMPILE_BACKEND`` overrides the backend (tests use ``eager``)."""
+    import os
+
+    backend = backend or os.environ.get("VISTUNE_COMPILE_BACKEND", "inductor")
+    blocks = list(model.llm.get_decoder().layers)
+    enc = model.vision.model
+    enc_layers = enc.encoder.layers if hasattr(enc, "encoder") else enc.vision_model.encoder.layers
+    blocks += list(enc_layers)
+    for b in blocks:
+        b.compile(dynamic=True, backend=backend)
+    return len(blocks)
+
+
 def apply_parallelism(
     model: nn.Module,
     strategy: str,
@@ -237,6 +254,7 @@ __all__ = [
     "apply_parallelism",
     "barrier",
     "broadcast_object",
+    "apply_compile",
     "enable_gradient_checkpointing",
     "grad_norm_value",
     "init_distributed",
