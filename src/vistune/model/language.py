@@ -43,6 +43,10 @@ def build_llm(
         hf_dict = None
 
     attn = cfg.attn_implementation
+    if attn == "sdpa":
+        from vistune.model.attention import register
+
+        attn = register()  # sdpa + document-isolated attention for packed rows
     if hf_dict is not None:
         if "model_type" not in hf_dict:
             raise ConfigError("llm.hf_config: needs a 'model_type' (e.g. qwen2, llama)")

@@ -292,6 +292,8 @@ class VistuneModel(nn.Module):
         kwargs = dict(llm_kwargs)
         if cache is not None:
             kwargs[cache_kwarg(decoder)] = cache
+        if attention_mask is None and position_ids is not None and cache is None:
+            attention_mask = self._packed_attention(position_ids, kwargs)
         out = decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -315,6 +317,21 @@ class VistuneModel(nn.Module):
             result.num_loss_tokens = n
             result.loss = loss_sum / n.clamp_min(1)
         return result
+
+    def _packed_attention(self, position_ids: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+        """For a packed row under ``vistune_sdpa``: per-sample boundaries as varlen kwargs and a pre-built
+        (empty) mask mapping, so no dense block-diagonal mask is ever built. Otherwise ``None`` (transformers
+        then derives the block-diagonal mask from the restarting positions)."""
+        from vistune.model.attention import NAME, cu_seqlens_from_positions
+
+        if getattr(self.llm.config, "_attn_implementation", None) != NAME:
+            return None
+        cu = cu_seqlens_from_positions(position_ids)
+        if cu is None:
+            return None
+        longest = int((cu[1:] - cu[:-1]).max())
+        kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+        return {"full_attention": None, "sliding_attention": None}
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
