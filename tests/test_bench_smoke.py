@@ -27,3 +27,14 @@ def test_generate_bench_tiny_matches_transformers(capsys):
     out = generate.main(["--tiny", "--batch", "3", "--new-tokens", "8", "--repeats", "1"])
     for name in ("vistune_dynamic", "vistune_static"):
         assert out["variants"][name]["identical_tokens"], name
+
+
+@pytest.mark.slow
+def test_cost_table_bench_tiny(capsys):
+    import cost_table
+
+    out = cost_table.main(["--tiny", "--steps", "1", "--warmup", "0"])
+    rows = out["rows"]
+    assert len(rows) == 6 and rows[0]["step_ratio"] == 1.0
+    # more tokens cost more: the (16+1)T setting has the most visual tokens
+    assert rows[-1]["visual_tokens_per_sample"] == max(r["visual_tokens_per_sample"] for r in rows)
