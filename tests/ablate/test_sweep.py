@@ -124,3 +124,19 @@ def test_sweep_end_to_end_and_resume(sweep_file, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "train", boom)
     run_sweep(sweep_file, out, progress=False)
+
+
+def test_shipped_sweeps_plan(monkeypatch, tmp_path):
+    """Every shipped sweep parses, expands its cells and resolves each cell's recipe against the demo."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    for var in ("VISTUNE_WORLD", "VISTUNE_MODELS", "VISTUNE_DATA", "VISTUNE_EVAL_DATA"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    files = sorted((repo / "recipes" / "ablations").rglob("*.yaml"))
+    assert len(files) >= 10
+    for f in files:
+        sweep, recipe = load_sweep(f)
+        plans, nodes = plan_sweep(sweep, recipe)
+        assert len(plans) >= 2, f
+        assert len(nodes) <= sum(len(p.nodes) for p in plans)

@@ -386,6 +386,10 @@ def resolve_recipe_dict(
 
         data["model"] = model_preset(data["model"])
     data = apply_recipe_overrides(data, overrides)
+    if isinstance(data.get("model"), str):  # an override named another preset (e.g. ``model=world-m``)
+        from vistune.model.presets import model_preset
+
+        data["model"] = model_preset(data["model"])
     data = interpolate_env(data, env=env)
     visual = data.pop("visual", None)
     if visual is not None:

@@ -49,4 +49,34 @@ def register(app: typer.Typer) -> None:
         render_gallery(output, seed=seed)
         typer.echo(f"gallery written to {output}")
 
+    @world_app.command("pretrain")
+    def pretrain(
+        output: Annotated[Path, typer.Option(help="folder for the backbones (one sub-folder each)")],
+        seed: Annotated[int, typer.Option(help="pretraining seed")] = 0,
+        only: Annotated[
+            list[str] | None, typer.Option("--only", help="backbone name (repeatable; default: all)")
+        ] = None,
+        threads: Annotated[
+            int, typer.Option(help="torch CPU threads per job (fixed for reproducibility)")
+        ] = 1,
+        jobs: Annotated[int, typer.Option(help="parallel processes (2: encoder+LM chains side by side)")] = 2,
+        scale: Annotated[
+            float, typer.Option(help="multiply every step count (e.g. 0.01 for a smoke run)")
+        ] = 1.0,
+    ) -> None:
+        """Pretrain the world's tiny backbones (vision encoders and LMs) as Hugging Face folders (~1 h on 2 cores)."""
+        from rich.console import Console
+
+        from vistune.data.synthetic.pretrain import pretrain_backbones
+
+        c = Console()
+        m = pretrain_backbones(
+            output, only, seed, progress=jobs == 1, threads=threads, scale=scale, log=c.print, jobs=jobs
+        )
+        for name, info in m["backbones"].items():
+            c.print(
+                f"{name}: {info['parameters'] / 1e6:.2f}M parameters, {info['wall_time_s']:.0f}s, {info['metrics']}"
+            )
+        c.print(f"backbones written to {output}; use them with VISTUNE_WORLD_BACKBONES={output}")
+
     app.add_typer(world_app, name="world")
