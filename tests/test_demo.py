@@ -95,3 +95,23 @@ def test_quick_demo_without_output_keeps_only_small_results():
         import shutil
 
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_backbones
+def test_demo_command_passes_the_model_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from vistune.cli import _register_areas, app
+
+    _register_areas()
+
+    out = tmp_path / "m"
+    res = CliRunner().invoke(
+        app, ["demo", "--quick", "--model", "world-m", "--output", str(out), "--no-progress"]
+    )
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["model"] == "world-m"
+    assert saved["recipe"]["model"]["llm"]["path"].endswith("world-lm-m")
+    bad = CliRunner().invoke(app, ["demo", "--quick", "--model", "world-xl", "--output", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "world-xl" in bad.output

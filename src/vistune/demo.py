@@ -395,7 +395,13 @@ def register(app: typer.Typer) -> None:
 
         _setup_logging(0)
         run_demo(
-            output, quick=quick, seed=seed, threads=threads, progress=not no_progress, overwrite=overwrite
+            output,
+            quick=quick,
+            seed=seed,
+            threads=threads,
+            model=model,
+            progress=not no_progress,
+            overwrite=overwrite,
         )
 
 

@@ -14,7 +14,7 @@ A sweep YAML::
           (4+1)*T: {visual.cap: per_grid, visual.max_tokens: "5 tiles"}
           (9+1)*T: {visual.cap: per_grid, visual.max_tokens: "10 tiles"}
     rows:                                # explicit cells (optional; appended after the product)
-      - {label: "2x2 no cap", knobs: {Max. #Grids: 2x2}, set: ["visual.grids=max:2x2", "visual.cap=none"]}
+      - {label: "2x2 no cap", knobs: {"Max. #Grids": 2x2}, set: ["visual.grids=max:2x2", "visual.cap=none"]}
     eval:
       tasks: [synth_docvqa, synth_ocr, synth_color]
       data_dir: ${VISTUNE_WORLD}
@@ -22,6 +22,7 @@ A sweep YAML::
     inference:                           # evaluate each trained cell again under other visual settings
       - {label: "1x1", set: ["visual.grids=max:1x1"]}
 
+Quote knob names that contain `` #`` inside ``{...}``: YAML reads `` #`` as the start of a comment there.
 Recipe keys are the recipe's own (``visual.*``, ``stages.<name>.lr.llm``, ``model.llm.path``, ...).
 """
 
