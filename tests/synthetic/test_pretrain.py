@@ -286,3 +286,25 @@ def test_world_pretrain_command(tmp_path):
     index = json.loads((out / "manifest.json").read_text())
     assert list(index["backbones"]) == ["world-vit-32"]
     assert (out / "world-vit-32" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("family", ["qa-docvqa", "qa-color", "ocr", "qa-chart"])
+def test_text_layout_families_ask_the_same_questions_over_text(family, vocab):
+    """``txt-<family>`` = the same content and questions as ``<family>``, the image replaced by its facts as text."""
+    tok = load_tiny_tokenizer()
+    img = P.make_item(family, 0, 5, CFG, VISUAL, GEO)
+    txt = P.make_item(P.TEXT_PREFIX + family, 0, 5, CFG, VISUAL, GEO)
+    assert txt.image is None and txt.plan is None and img.image is not None
+    assert txt.content == img.content and [t.question for t in txt.turns] == [t.question for t in img.turns]
+    _, messages = P.conversation(txt)
+    layout = P.text_layout(txt.content)
+    assert messages[0]["content"].startswith(layout + "\n") and "<image>" not in messages[0]["content"]
+    ids, labels = P.lm_example(txt, vocab, GEO, tok, 0.0, random.Random(0))
+    assert all(len(t) == 1 for t in ids) and any(x != -100 for x in labels)
+    if family in ("qa-docvqa", "ocr"):  # the answer is in the context: a copy
+        assert txt.turns[0].answer in layout.replace("\n", " ")
+    if family == "qa-color":  # scene words carry the same tokens as in a rendering
+        obj = txt.content.objects[0]
+        assert (
+            vocab.color[list(P.COLORS).index(obj.color)] in tok(layout, add_special_tokens=False)["input_ids"]
+        )
