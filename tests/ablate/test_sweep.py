@@ -101,6 +101,11 @@ def test_sweep_end_to_end_and_resume(sweep_file, tmp_path, monkeypatch):
     table = json.loads((out / "table.json").read_text())
     assert [r["label"] for r in table["rows"]] == ["1e-3", "3e-3", "pooled"]
     assert "Training Time" in table["header"] and "Avg." in table["header"]
+    assert table["header"][0] == "Run" and len(table["splits"]) == len(table["header"])
+    assert all(len(r["cells"]) == len(table["header"]) for r in table["rows"])  # columns line up
+    for name in ("table.md", "inference.md"):
+        md = (out / name).read_text().splitlines()
+        assert len({line.count(" | ") for line in md if line.startswith("| ")}) == 1, name
     for name in (
         "table.md",
         "table.csv",

@@ -79,6 +79,7 @@ def build_tables(out: Path) -> dict[str, Any]:
         _run_results(cells, "trained"), tasks=tasks, avg_tasks=avg_tasks, labels=[c["label"] for c in cells]
     )
     header = [
+        "Run",
         *knobs,
         "Training Time",
         "#Tokens seen",
