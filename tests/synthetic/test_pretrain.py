@@ -308,3 +308,17 @@ def test_text_layout_families_ask_the_same_questions_over_text(family, vocab):
         assert (
             vocab.color[list(P.COLORS).index(obj.color)] in tok(layout, add_special_tokens=False)["input_ids"]
         )
+
+
+def test_copy_curriculum_draws_the_first_steps_from_the_copy_mixture(tmp_path):
+    """``copy_steps`` > 0: the first steps train on text-only copy examples (far shorter than renderings)."""
+    base = P.LMSettings(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+        steps=4, batch_size=2, length_groups=1, eval_every=0, mix={"qa-docvqa": 1.0},
+    )  # fmt: skip
+    plain = P.pretrain_lm(tmp_path / "a", base, progress=False, threads=1, stop_after=2)["history"]
+    import dataclasses
+
+    cur = dataclasses.replace(base, copy_steps=2, copy_mix={"txt-ocr": 1.0})
+    copied = P.pretrain_lm(tmp_path / "b", cur, progress=False, threads=1, stop_after=2)["history"]
+    assert all(c["tokens"] * 2 < p["tokens"] for c, p in zip(copied, plain, strict=True))
