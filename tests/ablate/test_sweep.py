@@ -145,3 +145,20 @@ def test_shipped_sweeps_plan(monkeypatch, tmp_path):
         plans, nodes = plan_sweep(sweep, recipe)
         assert len(plans) >= 2, f
         assert len(nodes) <= sum(len(p.nodes) for p in plans)
+
+
+def test_unset_variable_in_a_sweep_names_the_file_and_field(monkeypatch):
+    """Sweep fields are not recipe keys: the error names file + field and suggests no recipe ``--set``."""
+    from pathlib import Path
+
+    import pytest
+
+    from vistune.config import ConfigError
+
+    monkeypatch.delenv("VISTUNE_WORLD", raising=False)
+    f = Path(__file__).resolve().parents[2] / "recipes" / "ablations" / "grids_tokens.yaml"
+    with pytest.raises(ConfigError) as e:
+        load_sweep(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: eval.data_dir: environment variable VISTUNE_WORLD is not set")
+    assert "--set" not in msg

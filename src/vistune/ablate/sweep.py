@@ -176,7 +176,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
     from vistune.config.train import interpolate_env
 
     path = Path(path)
-    data = interpolate_env(load_yaml(path), where=str(path))
+    try:
+        data = interpolate_env(load_yaml(path), hint=False)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     sweep = validate(SweepConfig, data, source=str(path))
     if overrides:
         sweep = sweep.model_copy(update={"set": list(sweep.set) + list(overrides)})

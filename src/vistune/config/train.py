@@ -328,17 +328,24 @@ def apply_recipe_overrides(data: dict[str, Any], overrides: list[str] | None) ->
     return out
 
 
-def interpolate_env(data: Any, where: str = "", env: dict[str, str] | None = None) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; unset variables are a ConfigError."""
+def interpolate_env(data: Any, where: str = "", env: dict[str, str] | None = None, hint: bool = True) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; unset variables are a ConfigError.
+
+    ``where`` is the key path of ``data``; errors name it and, with ``hint``, the ``--set`` that overrides it
+    (pass ``hint=False`` for files whose keys are not recipe keys, e.g. sweeps).
+    """
     env = os.environ if env is None else env
     if isinstance(data, dict):
-        return {k: interpolate_env(v, f"{where}.{k}" if where else str(k), env) for k, v in data.items()}
+        return {
+            k: interpolate_env(v, f"{where}.{k}" if where else str(k), env, hint) for k, v in data.items()
+        }
     if isinstance(data, list):
-        return [interpolate_env(v, f"{where}[{i}]", env) for i, v in enumerate(data)]
+        return [interpolate_env(v, f"{where}[{i}]", env, hint) for i, v in enumerate(data)]
     if not isinstance(data, str):
         return data
     if data.strip() == REQUIRED:
-        raise ConfigError(f"{where}: a required value is not set; give it with --set {_set_key(where)}=VALUE")
+        how = f"; give it with --set {_set_key(where)}=VALUE" if hint else ""
+        raise ConfigError(f"{where}: a required value is not set{how}")
 
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
@@ -346,9 +353,9 @@ def interpolate_env(data: Any, where: str = "", env: dict[str, str] | None = Non
             return env[name]
         if default is not None:
             return default
+        how = f" or override the value with --set {_set_key(where)}=..." if hint else ""
         raise ConfigError(
-            f"{where}: environment variable {name} is not set (used in {data!r}); export {name}=... "
-            f"or override the value with --set {_set_key(where)}=..."
+            f"{where}: environment variable {name} is not set (used in {data!r}); export {name}=...{how}"
         )
 
     return _ENV_RE.sub(sub, data)
