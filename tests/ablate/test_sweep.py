@@ -151,8 +151,6 @@ def test_unset_variable_in_a_sweep_names_the_file_and_field(monkeypatch):
     """Sweep fields are not recipe keys: the error names file + field and suggests no recipe ``--set``."""
     from pathlib import Path
 
-    import pytest
-
     from vistune.config import ConfigError
 
     monkeypatch.delenv("VISTUNE_WORLD", raising=False)
