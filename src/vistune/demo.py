@@ -33,6 +33,20 @@ from typing import Annotated, Any
 
 import typer
 
+
+def _world_data(mixture: str) -> dict[str, str]:
+    return {"path": f"${{VISTUNE_WORLD}}/{mixture}.yaml", "image_folder": "${VISTUNE_WORLD}"}
+
+
+#: Stage-1.5 and Stage-2 train the full model alike (vision at 1/10 of the LLM's rate, as in the study)
+_FULL_MODEL: dict[str, Any] = {
+    "trainable": ["connector", "newline", "llm", "vision"],
+    "lr": {"connector": 1.0e-3, "newline": 1.0e-3, "llm": 2.0e-4, "vision": 2.0e-5},
+    "epochs": 1,
+    "global_batch_size": 16,
+    "micro_batch_size": 16,
+}
+
 #: the demo recipe (``recipes/demo.yaml`` holds the same, with ``model: world-s``); ``${VISTUNE_WORLD}`` is
 #: the world folder the demo writes
 DEMO_RECIPE: dict[str, Any] = {
@@ -52,7 +66,7 @@ DEMO_RECIPE: dict[str, Any] = {
     "stages": [
         {
             "name": "stage1",
-            "data": {"path": "${VISTUNE_WORLD}/stage1.yaml", "image_folder": "${VISTUNE_WORLD}"},
+            "data": _world_data("stage1"),
             "trainable": ["connector", "newline"],
             "lr": {"default": 1.0e-2},
             "epochs": 1,
@@ -61,24 +75,8 @@ DEMO_RECIPE: dict[str, Any] = {
             "chat_template": "plain",
             "save_weights": "all",
         },
-        {
-            "name": "stage15",
-            "data": {"path": "${VISTUNE_WORLD}/stage15.yaml", "image_folder": "${VISTUNE_WORLD}"},
-            "trainable": ["connector", "newline", "llm", "vision"],
-            "lr": {"connector": 1.0e-3, "newline": 1.0e-3, "llm": 2.0e-4, "vision": 2.0e-5},
-            "epochs": 1,
-            "global_batch_size": 16,
-            "micro_batch_size": 16,
-        },
-        {
-            "name": "stage2",
-            "data": {"path": "${VISTUNE_WORLD}/stage2.yaml", "image_folder": "${VISTUNE_WORLD}"},
-            "trainable": ["connector", "newline", "llm", "vision"],
-            "lr": {"connector": 1.0e-3, "newline": 1.0e-3, "llm": 2.0e-4, "vision": 2.0e-5},
-            "epochs": 1,
-            "global_batch_size": 16,
-            "micro_batch_size": 16,
-        },
+        {"name": "stage15", "data": _world_data("stage15"), **_FULL_MODEL},
+        {"name": "stage2", "data": _world_data("stage2"), **_FULL_MODEL},
     ],
 }
 

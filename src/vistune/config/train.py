@@ -383,20 +383,22 @@ def _read_with_base(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return apply_recipe_overrides(data, sets)
 
 
-def resolve_recipe_dict(
-    data: dict[str, Any], overrides: list[str] | None = None, env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """Everything :func:`load_recipe` does after reading the YAML, returning the plain resolved dict."""
-    data = copy.deepcopy(data)
+def _expand_model_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """``model: <preset name>`` -> the preset's model mapping (in place; returns ``data``)."""
     if isinstance(data.get("model"), str):
         from vistune.model.presets import model_preset
 
         data["model"] = model_preset(data["model"])
-    data = apply_recipe_overrides(data, overrides)
-    if isinstance(data.get("model"), str):  # an override named another preset (e.g. ``model=world-m``)
-        from vistune.model.presets import model_preset
+    return data
 
-        data["model"] = model_preset(data["model"])
+
+def resolve_recipe_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Everything :func:`load_recipe` does after reading the YAML, returning the plain resolved dict."""
+    data = _expand_model_preset(copy.deepcopy(data))
+    # again after the overrides: one may name another preset (e.g. ``model=world-m``)
+    data = _expand_model_preset(apply_recipe_overrides(data, overrides))
     data = interpolate_env(data, env=env)
     visual = data.pop("visual", None)
     if visual is not None:

@@ -111,20 +111,22 @@ def llm_preset(name: str) -> dict[str, Any]:
 def model_preset(name: str) -> dict[str, Any]:
     """A built-in model preset, or a synthetic-world preset (``world-s`` ...) whose pretrained tiny backbones
     load from their folders (:mod:`vistune.data.synthetic.backbones`)."""
+    if name in MODEL_PRESETS:  # built-in: no need to import the synthetic-world package
+        return _get(MODEL_PRESETS, name, "model")
     from vistune.data.synthetic.backbones import WORLD_MODELS, BackboneNotFound, world_model_preset
 
-    if name in WORLD_MODELS:
-        try:
-            return world_model_preset(name)
-        except BackboneNotFound as e:
-            raise ConfigError(f"model.preset: {e}") from e
-    if name not in MODEL_PRESETS:
+    if name not in WORLD_MODELS:
         known = sorted([*MODEL_PRESETS, *WORLD_MODELS])
         raise ConfigError(f"model.preset: unknown preset {name!r}; known: {', '.join(known)}")
-    return _get(MODEL_PRESETS, name, "model")
+    try:
+        return world_model_preset(name)
+    except BackboneNotFound as e:
+        raise ConfigError(f"model.preset: {e}") from e
 
 
 def is_model_preset(name: str) -> bool:
+    if name in MODEL_PRESETS:
+        return True
     from vistune.data.synthetic.backbones import WORLD_MODELS
 
-    return name in MODEL_PRESETS or name in WORLD_MODELS
+    return name in WORLD_MODELS

@@ -40,6 +40,7 @@ from vistune.config import ConfigError, dump_yaml
 from vistune.config.train import PARTS, RecipeConfig, StageConfig, accumulation_steps
 from vistune.data.templates import IGNORE_INDEX
 from vistune.fsutil import atomic_write_json, atomic_write_text
+from vistune.progress import ProgressBar
 from vistune.train.checkpoint import (
     CheckpointManager,
     CheckpointRef,
@@ -487,7 +488,7 @@ class StageRunner:
             generator=torch.Generator().manual_seed(self.recipe.seed),
         )
         batches = iter(loader)
-        progress = _Progress(self.progress, f"{st.name}", self.total, self.start_step)
+        progress = ProgressBar(self.progress, f"{st.name}", self.total, self.start_step)
         steps_run = 0
         try:
             with progress:
@@ -497,7 +498,8 @@ class StageRunner:
                     if (step + 1) % self.recipe.logging.log_every == 0 or step + 1 == self.total:
                         self.metrics.write(record)
                         tb.log(record, step + 1)
-                    progress.update(step + 1, record)
+                    if progress.enabled:
+                        progress.update(step + 1, _progress_info(record))
                     if self.hooks.on_step_end is not None:
                         self.hooks.on_step_end(st.name, step + 1, record)
                     if self.save_every and (step + 1) % self.save_every == 0 and step + 1 < self.total:
@@ -774,50 +776,18 @@ class StageRunner:
 # ------------------------------------------------------------------------------------------------------
 # progress bar
 # ------------------------------------------------------------------------------------------------------
-class _Progress:
-    """A rich progress bar with the latest loss, LRs and throughput (rank 0 only)."""
-
-    def __init__(self, enabled: bool, name: str, total: int, start: int) -> None:
-        self.enabled = enabled
-        self._p = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-                transient=False,
-            )
-            self._task = self._p.add_task(name, total=total, completed=start, info="")
-
-    def __enter__(self) -> _Progress:
-        if self._p is not None:
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-    def update(self, step: int, r: dict[str, Any]) -> None:
-        if self._p is None:
-            return
-        lr = " ".join(f"{k}={v:.1e}" for k, v in r["lr"].items())
-        mfu = f" mfu {r['mfu']:.1%}" if r.get("mfu") is not None else f" {r['tflops_per_s']:.2f} TFLOP/s"
-        flag = (
-            " [red]SPIKE[/red]"
-            if r.get("spike")
-            else (" [yellow]skipped[/yellow]" if r["skipped_step"] else "")
-        )
-        info = (
-            f"loss {r['loss']:.4f} gn {r['grad_norm']:.2f} {lr} {r['tokens_per_s']:.0f} tok/s "
-            f"({r['visual_tokens_per_s']:.0f} visual){mfu} wait {r['data_wait_s']:.2f}s "
-            f"mem {r['peak_mem_gb']:.1f}G{flag}"
-        )
-        self._p.update(self._task, completed=step, info=info)
+def _progress_info(r: dict[str, Any]) -> str:
+    """The bar's info column: latest loss, grad norm, LRs, throughput, data wait, memory, spike/skip flag."""
+    lr = " ".join(f"{k}={v:.1e}" for k, v in r["lr"].items())
+    mfu = f" mfu {r['mfu']:.1%}" if r.get("mfu") is not None else f" {r['tflops_per_s']:.2f} TFLOP/s"
+    flag = (
+        " [red]SPIKE[/red]" if r.get("spike") else (" [yellow]skipped[/yellow]" if r["skipped_step"] else "")
+    )
+    return (
+        f"loss {r['loss']:.4f} gn {r['grad_norm']:.2f} {lr} {r['tokens_per_s']:.0f} tok/s "
+        f"({r['visual_tokens_per_s']:.0f} visual){mfu} wait {r['data_wait_s']:.2f}s "
+        f"mem {r['peak_mem_gb']:.1f}G{flag}"
+    )
 
 
 __all__ = [

@@ -64,6 +64,7 @@ from vistune.data.synthetic.config import PALETTE, SHAPES, WorldConfig
 from vistune.data.synthetic.font import ALNUM
 from vistune.data.synthetic.world import FAMILIES, TextItem
 from vistune.model.anyres import EncoderGeometry, ImagePlan, plan_image
+from vistune.progress import ProgressBar
 
 #: class names of the per-patch heads (index 0 is always "none")
 COLORS: tuple[str, ...] = tuple(PALETTE)
@@ -566,37 +567,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-class _Bar:
-    """A rich progress bar (or nothing)."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self._p = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._task = self._p.add_task(label, total=total, info="")
-
-    def __enter__(self) -> _Bar:
-        if self._p is not None:
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
-
-    def update(self, done: int, info: str) -> None:
-        if self._p is not None:
-            self._p.update(self._task, completed=done, info=info)
-
-
 def _save_fp16(module: torch.nn.Module, out: Path, dtype: torch.dtype) -> None:
     """``save_pretrained`` with the weights stored as ``dtype`` (loading restores fp32 in ``build_model``)."""
     module.to(dtype)
@@ -781,7 +751,7 @@ def pretrain_encoder(
     stream = FamilyStream(settings.mix, seed, cfg, visual, settings.geometry, "encoder")
     history: list[dict[str, Any]] = []
     model.train()
-    with _Bar(progress, f"encoder {settings.name}", settings.steps) as bar:
+    with ProgressBar(progress, f"encoder {settings.name}", settings.steps) as bar:
         for step in range(settings.steps):
             lr = _lr_at(step, settings.steps, settings.lr, settings.warmup)
             for g in opt.param_groups:
@@ -1166,7 +1136,7 @@ def pretrain_lm(
     history: list[dict[str, Any]] = []
     pending: list[list[Any]] = []
     model.train()
-    with _Bar(progress, f"LM {settings.name}", settings.steps) as bar:
+    with ProgressBar(progress, f"LM {settings.name}", settings.steps) as bar:
         for step in range(settings.steps):
             lr = _lr_at(step, settings.steps, settings.lr, settings.warmup)
             for g in opt.param_groups:
