@@ -2,7 +2,9 @@
 
 Same process, same weights, same prompts (one image each, left padding). Prints JSON with new tokens/s for
 transformers, vistune with a dynamic cache, vistune with a static cache and (GPU) a compiled decode step, and
-whether every variant produced exactly transformers' tokens.
+whether every variant produced exactly transformers' tokens. Each variant is also timed generating a single
+token (vision + prefill + first token), so the decode phase is reported on its own: with ~9k-token prompts
+the prefill is most of an end-to-end 64-token run.
 
     python bench/generate.py --tiny
     python bench/generate.py --device cuda --batch 16 --new-tokens 64
@@ -82,23 +84,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return best, out
 
     L = hf_inputs["input_ids"].shape[1]
-    t_hf, out_hf = run(
-        lambda: hf.generate(
-            **hf_inputs, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, **never
-        )[:, L:]
-    )
+
+    def hf_gen(n):
+        return lambda: hf.generate(**hf_inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, **never)[
+            :, L:
+        ]
+
+    def split(total_s: float, prefill_s: float) -> dict[str, Any]:
+        """The decode phase alone: the run minus a run that generates one token (prefill + first token)."""
+        decode_s = max(total_s - prefill_s, 1e-9)
+        return {
+            "prefill_s": round(prefill_s, 4),
+            "decode_new_tokens_per_s": round(args.batch * (n_new - 1) / decode_s, 1),
+        }
+
+    t_hf, out_hf = run(hf_gen(n_new))
+    p_hf, _ = run(hf_gen(1))
     variants = {"vistune_dynamic": {}, "vistune_static": {"cache_implementation": "static"}}
     if device.type == "cuda":
         variants["vistune_static_compiled"] = {"cache_implementation": "static", "compile_decode": True}
+    hf_split = split(t_hf, p_hf)
     res: dict[str, Any] = {
-        "transformers": {"s": round(t_hf, 4), "new_tokens_per_s": round(args.batch * n_new / t_hf, 1)}
+        "transformers": {
+            "s": round(t_hf, 4),
+            "new_tokens_per_s": round(args.batch * n_new / t_hf, 1),
+            **hf_split,
+        }
     }
     for name, kw in variants.items():
-        t, out = run(lambda kw=kw: model.generate(**batch, max_new_tokens=n_new, eos_token_id=[], **kw))
+
+        def gen(n, kw=kw):
+            return lambda: model.generate(**batch, max_new_tokens=n, eos_token_id=[], **kw)
+
+        t, out = run(gen(n_new))
+        p, _ = run(gen(1))
+        parts = split(t, p)
         res[name] = {
             "s": round(t, 4),
             "new_tokens_per_s": round(args.batch * n_new / t, 1),
             "ratio_vs_transformers": round(t_hf / t, 3),
+            **parts,
+            "decode_ratio_vs_transformers": round(
+                parts["decode_new_tokens_per_s"] / hf_split["decode_new_tokens_per_s"], 3
+            ),
             "identical_tokens": bool(torch.equal(out.cpu(), out_hf.cpu())),
         }
     result = {

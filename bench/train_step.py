@@ -48,6 +48,45 @@ def _hf_step(hf, batches, opt):
     return step
 
 
+def _profile(fn, device, top: int) -> dict[str, Any]:
+    """One profiled step: share of device time per kernel family and the ``top`` costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    if device.type == "cuda":  # kernels only (device-side events), not the CPU-side op wrappers
+        events = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA] or events
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    families = {"attention": 0.0, "gemm": 0.0, "softmax/loss": 0.0, "other": 0.0}
+    for e in events:
+        name = e.key.lower()
+        fam = (
+            "attention"
+            if any(w in name for w in ("flash", "fmha", "attention", "cudnn", "sdpa", "mem_eff"))
+            else "gemm"
+            if any(
+                w in name for w in ("gemm", "matmul", "aten::mm", "bmm", "cutlass", "nvjet", "xmma", "addmm")
+            )
+            else "softmax/loss"
+            if any(w in name for w in ("softmax", "cross_entropy", "nll", "log_softmax"))
+            else "other"
+        )
+        families[fam] += getattr(e, key)
+    return {
+        "device_time_ms": round(total / 1e3, 2),
+        "share": {k: round(v / total, 4) for k, v in families.items()},
+        "top": [
+            {"kernel": e.key[:120], "share": round(getattr(e, key) / total, 4), "calls": e.count}
+            for e in events[:top]
+        ],
+    }
+
+
 def _to(batch: dict[str, Any], device, dtype) -> dict[str, Any]:
     out = {}
     for k, v in batch.items():
@@ -68,6 +107,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing in both")
     ap.add_argument("--modes", default="transformers_b2,vistune_b2,vistune_packed,transformers_b1,vistune_b1")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after timing, profile one more step of each mode and report its N costliest kernels",
+    )
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -114,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats(device)
         try:
             sec = timed(fn, device, args.warmup, args.steps)
+            prof = _profile(fn, device, args.profile) if args.profile else None
         except torch.OutOfMemoryError:
             results[mode] = {"error": "out of memory"}
             continue
@@ -133,6 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if device.type == "cuda"
             else None,
         }
+        if prof:
+            results[mode]["profile"] = prof
     base = results.get("transformers_b2", {}).get("real_tokens_per_s")
     for r in results.values():
         if base and "real_tokens_per_s" in r:

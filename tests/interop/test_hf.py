@@ -106,12 +106,22 @@ def tiny_tokenizer():
     return tok
 
 
+def auto_image_processor(folder: Path):
+    """``AutoImageProcessor`` on the exported folder; transformers < 5.2x needs torchvision for the Auto class
+    itself, so without it load the class the folder names (what the Auto class would pick)."""
+    try:
+        return AutoImageProcessor.from_pretrained(str(folder), backend="pil")
+    except ImportError:
+        kind = json.loads((folder / "preprocessor_config.json").read_text())["image_processor_type"]
+        return getattr(transformers, kind).from_pretrained(str(folder))
+
+
 def hf_ov_processor(folder: Path) -> LlavaOnevisionProcessor:
     attrs = json.loads((folder / "processor_config.json").read_text())
     tok = AutoTokenizer.from_pretrained(str(folder))
     tok.padding_side = "left"
     return ImageOnlyOVProcessor(
-        image_processor=AutoImageProcessor.from_pretrained(str(folder)),
+        image_processor=auto_image_processor(folder),
         tokenizer=tok,
         video_processor=None,
         num_image_tokens=attrs["num_image_tokens"],
@@ -121,7 +131,16 @@ def hf_ov_processor(folder: Path) -> LlavaOnevisionProcessor:
 
 
 def hf_next_processor(folder: Path) -> LlavaNextProcessor:
-    proc = transformers.AutoProcessor.from_pretrained(str(folder))
+    try:
+        proc = transformers.AutoProcessor.from_pretrained(str(folder), backend="pil")
+    except ImportError:  # see auto_image_processor
+        attrs = json.loads((folder / "processor_config.json").read_text())
+        attrs = {k: v for k, v in attrs.items() if k in ("patch_size", "vision_feature_select_strategy")}
+        proc = LlavaNextProcessor(
+            image_processor=auto_image_processor(folder),
+            tokenizer=AutoTokenizer.from_pretrained(str(folder)),
+            **attrs,
+        )
     proc.tokenizer.padding_side = "left"
     return proc
 
@@ -610,7 +629,7 @@ def test_export_round_trip_same_logits(tmp_path, preset, fmt, visual, sizes):
     files = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "processor_config.json"} <= files
     assert isinstance(
-        AutoImageProcessor.from_pretrained(str(folder)),
+        auto_image_processor(folder),
         LlavaOnevisionImageProcessorPil | LlavaNextImageProcessorPil,
     )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -57,7 +58,10 @@ def _worker(rank: int, world: int, port: int, recipe: dict, out: str, crash_at: 
 def _spawn(recipe: RecipeConfig, out: Path, crash_at: int | None = None) -> None:
     # the free port is only reserved until it is released, so another process may grab it before gloo binds;
     # a busy machine can also time out the rendezvous. Retry those (and only those) with a fresh port.
+    # every call starts from an empty folder: a retry must not find the failed attempt's outputs there
     for attempt in range(3):
+        if attempt:
+            shutil.rmtree(out, ignore_errors=True)
         try:
             mp.spawn(
                 _worker,
