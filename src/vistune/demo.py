@@ -237,7 +237,7 @@ def run_demo(
     from rich.console import Console
 
     from vistune.data.synthetic import WorldConfig, write_world
-    from vistune.data.synthetic.backbones import WORLD_MODELS, world_model_config
+    from vistune.data.synthetic.backbones import WORLD_MODELS, world_model_preset
     from vistune.data.synthetic.world import EVAL_TASKS
     from vistune.eval.runner import EvalOptions, evaluate
     from vistune.model.lmm import load_pretrained
@@ -276,7 +276,7 @@ def run_demo(
     t = time.perf_counter()
     if model not in WORLD_MODELS:
         raise typer.BadParameter(f"--model {model!r}: known world models are {', '.join(WORLD_MODELS)}")
-    model_cfg = world_model_config(*WORLD_MODELS[model], root=backbones)
+    model_cfg = world_model_preset(model, root=backbones)
     recipe = demo_recipe(world, model_cfg, quick=quick, seed=seed)
     run_dir = out / "run"
     names = [s.name for s in recipe.stages]

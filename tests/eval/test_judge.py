@@ -95,15 +95,17 @@ class FakeJudgeServer:
                     if server.delay_s:
                         time.sleep(server.delay_s)
                     status, headers, payload = reply or server.respond(body, n)
-                    self.send_response(status)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
                 finally:
+                    # the request counts as handled once its reply is ready: decrementing only after the write
+                    # lets a loaded machine see the client's next request before this thread gets to run again
                     with server._lock:
                         server.in_flight -= 1
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
                 pass

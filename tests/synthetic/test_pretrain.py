@@ -182,6 +182,26 @@ def test_encoder_and_lm_pretraining_smoke(tmp_path):
     # the LM's tokenizer is the tiny one, saved beside the weights
     assert (tmp_path / "world-lm-s" / "tokenizer.json").is_file()
 
+    # a connector aligned to these two backbones: it fits its targets, and the preset picks it up
+    from vistune.data.synthetic.align import ConnectorSettings, align_connector
+
+    st = ConnectorSettings(images=6, steps=60, batch_size=64)
+    man = align_connector(tmp_path / "connector-world-s", st, root=tmp_path, seed=1, threads=1)
+    assert man["kind"] == "connector" and man["history"][-1]["loss"] < man["history"][0]["loss"]
+    assert 0 <= man["metrics"]["nearest_target_accuracy"] <= 1
+    cfg = world_model_config("world-vit-32", "world-lm-s", root=tmp_path, connector="connector-world-s")
+    assert cfg["connector"]["path"].endswith("connector.safetensors")
+    aligned, _ = build_model(cfg)
+    assert not torch.equal(aligned.connector.linear_1.weight, model.connector.linear_1.weight)
+    newline_id = processor.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    assert torch.allclose(aligned.image_newline, aligned.llm.get_input_embeddings().weight[newline_id])
+    assert (
+        world_model_config("world-vit-32", "world-lm-s", root=tmp_path, connector="connector-world-m")[
+            "connector"
+        ].get("path")
+        is None
+    )  # no such connector in this folder: a fresh one
+
 
 def test_pretraining_is_deterministic(tmp_path):
     enc = P.EncoderSettings(

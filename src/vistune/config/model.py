@@ -120,6 +120,13 @@ class VisionConfig(_Source):
 class ConnectorConfig(_Strict):
     type: str = Field("mlp2x_gelu", description="connector registry key: linear | mlp2x_gelu | mlp2x_relu")
     bias: bool = True
+    path: str | None = Field(
+        None,
+        description="initial connector weights (.safetensors or .bin): a pretrained projector such as "
+        "LLaVA's mm_projector.bin (its --pretrain_mm_mlp_adapter), transformers' multi_modal_projector.* or "
+        "vistune's connector.* weights; an image_newline in the file initialises the newline too. "
+        "Default: random init",
+    )
 
 
 class LLMConfig(_Source):

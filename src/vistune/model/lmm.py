@@ -522,7 +522,11 @@ class VistuneModel(nn.Module):
                 "tokenizer": ".",
             }
         )
-        return self.config.model_copy(update={"vision": vision, "llm": llm, "visual": self.visual})
+        # the connector's initial weights are in the checkpoint itself
+        connector = self.config.connector.model_copy(update={"path": None})
+        return self.config.model_copy(
+            update={"vision": vision, "connector": connector, "llm": llm, "visual": self.visual}
+        )
 
     def save_pretrained(
         self,
@@ -694,6 +698,13 @@ def build_model(
     )
     state = VisualState(cfg.visual)
     model = VistuneModel(cfg, vision, connector, llm, tok, state)
+    if cfg.connector.path is not None and load_weights:
+        from vistune.model.connector import load_connector_weights
+
+        cpath = Path(cfg.connector.path).expanduser()
+        if not cpath.is_absolute() and base_dir is not None:
+            cpath = Path(base_dir) / cpath
+        load_connector_weights(model.connector, model.image_newline, cpath)
     processor = VistuneProcessor(
         tok,
         vision.geometry,

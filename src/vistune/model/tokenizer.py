@@ -120,6 +120,25 @@ def build_tiny_tokenizer():
     return fast
 
 
+def split_capitals(tokenizer):
+    """The same tokenizer with every capital letter pre-split into its own token (vocabulary unchanged).
+
+    The world's document codes (``K7QX``) then tokenise letter by letter everywhere — in a rendering (one
+    character per patch), in a text context and in an answer — so reading a code is copying tokens one for
+    one. Used by the world LMs (``LMSettings.split_capitals``); the setting travels in ``tokenizer.json``.
+    """
+    from tokenizers import Regex, pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Split(Regex("[A-Z]"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    return tokenizer
+
+
 def load_tiny_tokenizer():
     from transformers import AutoTokenizer
 

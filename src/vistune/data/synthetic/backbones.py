@@ -9,11 +9,13 @@ of real checkpoints (``VisionConfig(path=...)``, ``LLMConfig(path=...)``):
 ``world-vit-64``    SigLIP vision tower, 64 px views, 8 px patches (8x8 tokens per view; twice the resolution)
 ``world-lm-s``      Qwen2 LM, small
 ``world-lm-m``      Qwen2 LM, medium (the "LLM size" ablation)
+``connector-<m>``   a pretrained ``mlp2x_gelu`` connector (+ image newline) for model preset ``<m>``
+                    (:mod:`vistune.data.synthetic.align`): the world's released ``mm_projector``
 ==================  ==================================================================================
 
-Model presets (:data:`WORLD_MODEL_PRESETS`) combine them with a fresh ``mlp2x_gelu`` connector, the
-``chatml_nosys`` template and the world's visual configuration (AnyRes up to 3x3 crops, squashed base view,
-row newlines, a 9-tile cap that never resamples a world image):
+Model presets (:data:`WORLD_MODELS`) combine an encoder and an LM with their pretrained connector (a fresh
+one when the backbones folder has none), the ``chatml_nosys`` template and the world's visual configuration
+(AnyRes up to 3x3 crops, squashed base view, row newlines, a 9-tile cap that never resamples a world image):
 
 * ``world-s`` — ``world-vit-32`` + ``world-lm-s`` (the demo's model)
 * ``world-m`` — ``world-vit-32`` + ``world-lm-m``
@@ -25,6 +27,7 @@ row newlines, a 9-tile cap that never resamples a world image):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -35,12 +38,15 @@ from typing import Any
 SHIPPED_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "world"
 ENV = "VISTUNE_WORLD_BACKBONES"
 
-#: backbone name -> kind ("vision" | "llm")
+#: backbone name -> kind ("vision" | "llm" | "connector")
 BACKBONES: dict[str, str] = {
     "world-vit-32": "vision",
     "world-vit-64": "vision",
     "world-lm-s": "llm",
     "world-lm-m": "llm",
+    "connector-world-s": "connector",
+    "connector-world-m": "connector",
+    "connector-world-s-vit64": "connector",
 }
 
 #: the visual configuration the backbones were pretrained for (see ``pretrain.world_visual``)
@@ -70,9 +76,10 @@ def backbone_path(name: str, root: str | Path | None = None) -> Path:
         raise KeyError(f"unknown world backbone {name!r}; known: {', '.join(BACKBONES)}")
     folder = Path(root) if root is not None else backbones_dir()
     path = folder / name
-    if not (path / "config.json").is_file():
+    marker = "connector.safetensors" if BACKBONES[name] == "connector" else "config.json"
+    if not (path / marker).is_file():
         raise BackboneNotFound(
-            f"world backbone {name!r} not found in {folder} (no {name}/config.json); reproduce the backbones with "
+            f"world backbone {name!r} not found in {folder} (no {name}/{marker}); reproduce the backbones with "
             f"`vistune world pretrain --output DIR` and point {ENV}=DIR at them"
         )
     return path
@@ -88,8 +95,10 @@ def world_model_config(
     llm: str = "world-lm-s",
     root: str | Path | None = None,
     visual: dict[str, Any] | None = None,
+    connector: str | None = None,
 ) -> dict[str, Any]:
-    """A :class:`~vistune.config.ModelConfig` mapping that loads two world backbones from their folders."""
+    """A :class:`~vistune.config.ModelConfig` mapping that loads two world backbones from their folders
+    (and the pretrained connector ``connector``, a ``connector-*`` backbone, when given and present)."""
     if BACKBONES.get(vision) != "vision":
         raise KeyError(
             f"{vision!r} is not a world vision backbone; known: "
@@ -100,9 +109,14 @@ def world_model_config(
             f"{llm!r} is not a world LLM backbone; known: "
             f"{', '.join(n for n, k in BACKBONES.items() if k == 'llm')}"
         )
+    conn: dict[str, Any] = {"type": "mlp2x_gelu"}
+    if connector is not None:
+        # a backbones folder without this connector: start from a fresh one
+        with contextlib.suppress(BackboneNotFound):
+            conn["path"] = str(backbone_path(connector, root) / "connector.safetensors")
     return {
         "vision": {"path": str(backbone_path(vision, root)), "feature_layer": -1},
-        "connector": {"type": "mlp2x_gelu"},
+        "connector": conn,
         "llm": {"path": str(backbone_path(llm, root))},
         "visual": {**WORLD_VISUAL, **(visual or {})},
         "chat_template": "chatml_nosys",
@@ -114,7 +128,7 @@ def world_model_presets(root: str | Path | None = None) -> dict[str, dict[str, A
     out: dict[str, dict[str, Any]] = {}
     for name, (vision, llm) in WORLD_MODELS.items():
         try:
-            out[name] = world_model_config(vision, llm, root)
+            out[name] = world_model_config(vision, llm, root, connector=f"connector-{name}")
         except BackboneNotFound:
             continue
     return out
@@ -125,4 +139,4 @@ def world_model_preset(name: str, root: str | Path | None = None) -> dict[str, A
     if name not in WORLD_MODELS:
         raise KeyError(f"unknown world model preset {name!r}; known: {', '.join(WORLD_MODELS)}")
     vision, llm = WORLD_MODELS[name]
-    return copy.deepcopy(world_model_config(vision, llm, root))
+    return copy.deepcopy(world_model_config(vision, llm, root, connector=f"connector-{name}"))

@@ -938,6 +938,9 @@ class LMSettings:
     #: renderings of documents (DocVQA ANLS 0.60, nTED 0.58 vs 0.03 / 0.22) but lost scene skills (existence F1
     #: 0), and the demo's short LLaVA stages did not carry the reading through the connector (see docs/demo.md).
     copy_steps: int = 0
+    #: pre-split capitals so codes tokenise letter by letter in renderings, contexts and answers alike
+    #: (:func:`vistune.model.tokenizer.split_capitals`)
+    split_capitals: bool = False
     copy_mix: dict[str, float] = field(default_factory=lambda: {"txt-ocr": 1.0, "txt-qa-docvqa": 1.0})
     eval_items: int = 40
     #: score the LM every N steps on a quarter of ``eval_items`` (0 = only at the end)
@@ -1105,7 +1108,7 @@ def pretrain_lm(
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from vistune.fsutil import atomic_dir
-    from vistune.model.tokenizer import load_tiny_tokenizer
+    from vistune.model.tokenizer import load_tiny_tokenizer, split_capitals
 
     settings = settings or LMSettings()
     cfg = cfg or WorldConfig()
@@ -1115,6 +1118,8 @@ def pretrain_lm(
     _seed_all(seed)
     t0 = time.perf_counter()
     tok = load_tiny_tokenizer()
+    if settings.split_capitals:
+        tok = split_capitals(tok)
     vocab = RenderVocab(tok)
     visual = world_visual()
     hf = settings.hf_config()
@@ -1314,8 +1319,17 @@ def evaluate_lm(
 # ==================================================================================================
 # All backbones, and the `vistune world pretrain` command
 # ==================================================================================================
-def backbone_settings() -> dict[str, EncoderSettings | LMSettings]:
-    """The shipped backbones' settings, by name (see :mod:`vistune.data.synthetic.backbones`)."""
+def backbone_settings() -> dict[str, EncoderSettings | LMSettings | Any]:
+    """The shipped backbones' settings, by name (see :mod:`vistune.data.synthetic.backbones`); the
+    connectors (:class:`~vistune.data.synthetic.align.ConnectorSettings`) come last: they join an encoder
+    and an LM that must exist first."""
+    from vistune.data.synthetic.align import ConnectorSettings
+    from vistune.data.synthetic.backbones import WORLD_MODELS
+
+    connectors = {
+        f"connector-{m}": ConnectorSettings(name=f"connector-{m}", vision=v, llm=lm)
+        for m, (v, lm) in WORLD_MODELS.items()
+    }
     return {
         "world-vit-32": EncoderSettings(name="world-vit-32", image_size=32, patch_size=8),
         "world-vit-64": EncoderSettings(name="world-vit-64", image_size=64, patch_size=8, steps=1000),
@@ -1329,6 +1343,7 @@ def backbone_settings() -> dict[str, EncoderSettings | LMSettings]:
             num_key_value_heads=1,
             steps=2000,
         ),
+        **connectors,
     }
 
 
@@ -1346,8 +1361,14 @@ def _pretrain_one(
     scale: float,
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
+    from vistune.data.synthetic.align import ConnectorSettings, align_connector
+
     st = backbone_settings()[name]
     st.steps = max(2, round(st.steps * scale))
+    if isinstance(st, ConnectorSettings):
+        if scale < 1:
+            st.images = max(4, round(st.images * scale * 10))
+        return align_connector(out / name, st, out, cfg, seed, threads, log)
     if scale < 1:
         st.eval_items = max(4, round(st.eval_items * scale * 10))
         if isinstance(st, LMSettings):
@@ -1392,6 +1413,9 @@ def pretrain_backbones(
         raise KeyError(f"unknown backbone(s) {unknown}; known: {', '.join(table)}")
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
+    # connectors join an encoder and an LM of this folder: they run last, in this process
+    connectors = [n for n in chosen if n.startswith("connector-")]
+    chosen = [n for n in chosen if n not in connectors]
     if jobs > 1:
         import multiprocessing as mp
 
@@ -1407,6 +1431,8 @@ def pretrain_backbones(
     else:
         for name in chosen:
             _pretrain_one(name, out, seed, cfg, progress, threads, scale, log)
+    for name in connectors:
+        _pretrain_one(name, out, seed, cfg, progress, threads, scale, log)
     return write_index(out, wall_time_s=round(time.perf_counter() - t0, 1), jobs=jobs)
 
 
@@ -1424,7 +1450,20 @@ def verify_backbone(path: str | Path, steps: int | None = None, threads: int | N
     cfg = WorldConfig(**m["world"])
     threads = threads or m.get("threads") or 1
     raw = dict(m["settings"])
-    if m["kind"] == "vision_encoder":
+    if m["kind"] == "connector":  # seconds: refit it whole into a scratch folder beside it
+        import shutil
+        import tempfile
+
+        from vistune.data.synthetic.align import ConnectorSettings, align_connector
+
+        scratch = Path(tempfile.mkdtemp(prefix="verify-", dir=path.parent))
+        try:
+            run = align_connector(
+                scratch / path.name, ConnectorSettings(**raw), path.parent, cfg, m["seed"], threads
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    elif m["kind"] == "vision_encoder":
         st = EncoderSettings(**raw)
         run = pretrain_encoder(path, st, cfg, m["seed"], False, threads, stop_after=steps)
     else:
