@@ -334,7 +334,7 @@ def test_copy_curriculum_draws_the_first_steps_from_the_copy_mixture(tmp_path):
     """``copy_steps`` > 0: the first steps train on text-only copy examples (far shorter than renderings)."""
     base = P.LMSettings(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-        steps=4, batch_size=2, length_groups=1, eval_every=0, mix={"qa-docvqa": 1.0},
+        steps=4, batch_size=2, length_groups=1, eval_every=0, mix={"qa-docvqa": 1.0}, copy_steps=0,
     )  # fmt: skip
     plain = P.pretrain_lm(tmp_path / "a", base, progress=False, threads=1, stop_after=2)["history"]
     import dataclasses

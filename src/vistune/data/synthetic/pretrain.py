@@ -914,7 +914,7 @@ class LMSettings:
         default_factory=lambda: {
             "qa-color": 1.0,
             "qa-count": 1.0,
-            "qa-exist": 1.0,
+            "qa-exist": 2.0,
             "qa-spatial": 1.0,
             "qa-mcq": 1.0,
             "qa-docvqa": 1.5,
@@ -927,20 +927,27 @@ class LMSettings:
             "transcribe": 0.3,
             "chart_data": 0.3,
             "text": 0.1,
-            # ``txt-<family>`` (the same questions over plain-text layouts, see TEXT_PREFIX) can be mixed in
+            # the same questions over plain-text layouts (see TEXT_PREFIX): cheap copy / look-up practice
+            "txt-qa-color": 0.5,
+            "txt-qa-count": 0.3,
+            "txt-qa-exist": 1.0,
+            "txt-qa-spatial": 0.3,
+            "txt-qa-mcq": 0.3,
+            "txt-qa-docvqa": 1.0,
+            "txt-ocr": 0.5,
+            "txt-qa-chart": 0.5,
         }
     )
-    #: curriculum (off in the shipped LMs): the first ``copy_steps`` steps draw only from ``copy_mix`` — copying
-    #: codes out of a text context. Measured: on that mixture alone the loss sits on a plateau (~2.8), then
-    #: drops within ~100 steps around step 500 (0.3 by step 800; 75 % exact transcriptions of eval documents),
-    #: while the same examples diluted in the full mixture formed no copying in 3000 steps. With 800 copy steps,
-    #: the txt-* families in the mixture and a tokenizer that splits capitals, world-lm-s read *perfect*
-    #: renderings of documents (DocVQA ANLS 0.60, nTED 0.58 vs 0.03 / 0.22) but lost scene skills (existence F1
-    #: 0), and the demo's short LLaVA stages did not carry the reading through the connector (see docs/demo.md).
-    copy_steps: int = 0
+    #: curriculum: the first ``copy_steps`` steps draw only from ``copy_mix`` — copying codes out of a text
+    #: context. Measured: on that mixture alone the loss sits on a plateau (~2.8), then drops within ~100 steps
+    #: around step 500 (0.3 by step 800), while the same examples diluted in the full mixture formed no copying
+    #: in 3000 steps. With it (+ txt-* families + split capitals) world-lm-s reads *perfect* document
+    #: renderings at DocVQA ANLS 0.33 / nTED 0.60 (without: 0.03 / 0.22). Putting scene questions into the copy
+    #: mixture instead (txt-qa-exist, txt-qa-color) kept copying from forming by step 2000.
+    copy_steps: int = 800
     #: pre-split capitals so codes tokenise letter by letter in renderings, contexts and answers alike
     #: (:func:`vistune.model.tokenizer.split_capitals`)
-    split_capitals: bool = False
+    split_capitals: bool = True
     copy_mix: dict[str, float] = field(default_factory=lambda: {"txt-ocr": 1.0, "txt-qa-docvqa": 1.0})
     eval_items: int = 40
     #: score the LM every N steps on a quarter of ``eval_items`` (0 = only at the end)
