@@ -259,6 +259,16 @@ def test_shipped_encoder_reproduces_from_its_manifest(tmp_path):
     assert res["compared"] >= 2 and res["match"], res
 
 
+def test_shipped_connector_refits_bit_for_bit(tmp_path):
+    """`vistune world pretrain` reproduces the shipped connector from its manifest (a few seconds)."""
+    import shutil
+
+    for name in ("world-vit-32", "world-lm-s", "connector-world-s"):
+        shutil.copytree(backbone_path(name, root=SHIPPED_DIR), tmp_path / name)
+    res = P.verify_backbone(tmp_path / "connector-world-s")
+    assert res["compared"] >= 10 and res["match"] and res["max_abs_diff"] == 0.0, res
+
+
 def test_answer_weighted_loss_weighs_every_answer_equally():
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 5)
