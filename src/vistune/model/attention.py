@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 NAME = "vistune_sdpa"
 _registered = False
+#: ``scaled_dot_product_attention(..., enable_gqa=True)`` exists from torch 2.5
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def _flash_varlen() -> Any:
@@ -59,17 +61,19 @@ def varlen_sdpa_forward(
         return out.unsqueeze(0), None
     bounds = cu.tolist()
     out = torch.empty_like(query)
+    # grouped-query attention natively (torch >= 2.5) instead of materialising repeated K/V per sample
+    gqa = {"enable_gqa": True} if groups > 1 and _SDPA_HAS_GQA else {}
     for s, e in zip(bounds[:-1], bounds[1:], strict=True):
         if e <= s:
             continue
         q = query[:, :, s:e]
         k = key[:, :, s:e]
         v = value[:, :, s:e]
-        if groups > 1:
+        if groups > 1 and not gqa:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         out[:, :, s:e] = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling
+            q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **gqa
         )
     return out.transpose(1, 2).contiguous(), None
 
