@@ -125,12 +125,14 @@ def load_connector_weights(connector: nn.Module, newline: nn.Parameter | None, p
                 f"connector.path: {path}: {k} has shape {tuple(v.shape)}, the connector needs "
                 f"{tuple(own[k].shape)} (vision hidden size -> LLM hidden size)"
             )
+    nl = nl if newline is not None else None
+    if nl is not None and tuple(nl.shape) != tuple(newline.shape):
+        raise ConfigError(
+            f"connector.path: {path}: image_newline has shape {tuple(nl.shape)}, the model needs "
+            f"{tuple(newline.shape)}"
+        )
+    # everything checked: nothing is half-loaded when a file does not fit
     with torch.no_grad():
         connector.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
-        if nl is not None and newline is not None:
-            if tuple(nl.shape) != tuple(newline.shape):
-                raise ConfigError(
-                    f"connector.path: {path}: image_newline has shape {tuple(nl.shape)}, the model needs "
-                    f"{tuple(newline.shape)}"
-                )
+        if nl is not None:
             newline.copy_(nl.to(newline.dtype))

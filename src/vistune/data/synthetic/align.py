@@ -56,12 +56,17 @@ class ConnectorSettings:
 
 @torch.no_grad()
 def _patch_targets(
-    model: Any, processor: Any, heads: Any, settings: ConnectorSettings, cfg: WorldConfig, seed: int
+    model: Any,
+    processor: Any,
+    heads: Any,
+    vocab: Any,
+    settings: ConnectorSettings,
+    cfg: WorldConfig,
+    seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Encoder features of every patch of ``settings.images`` train images and their rendering embeddings."""
-    from vistune.data.synthetic.pretrain import HEAD_NAMES, FamilyStream, RenderVocab, world_visual
+    from vistune.data.synthetic.pretrain import HEAD_NAMES, FamilyStream, world_visual
 
-    vocab = RenderVocab(processor.tokenizer)
     emb = model.llm.get_input_embeddings().weight.detach().float()
     stream = FamilyStream(settings.mix, seed, cfg, world_visual(), processor.geometry, "align")
     feats, targets = [], []
@@ -104,8 +109,8 @@ def align_connector(
     from safetensors.torch import load_file, save_file
 
     from vistune import build_model
-    from vistune.data.synthetic.backbones import backbone_path
-    from vistune.data.synthetic.pretrain import PatchHeads, git_commit, source_sha256
+    from vistune.data.synthetic.backbones import world_model_config
+    from vistune.data.synthetic.pretrain import PatchHeads, RenderVocab, git_commit, source_sha256
     from vistune.fsutil import atomic_dir
 
     settings = settings or ConnectorSettings()
@@ -115,23 +120,18 @@ def align_connector(
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    vision_dir, llm_dir = backbone_path(settings.vision, root), backbone_path(settings.llm, root)
-    model, processor = build_model(
-        {
-            "vision": {"path": str(vision_dir), "feature_layer": -1},
-            "connector": {"type": "mlp2x_gelu"},
-            "llm": {"path": str(llm_dir)},
-            "chat_template": "chatml_nosys",
-        }
-    )
-    heads_file = vision_dir / "heads.safetensors"
+    # the preset's model with a fresh connector (the one being made)
+    model_cfg = world_model_config(settings.vision, settings.llm, root)
+    model, processor = build_model(model_cfg)
+    heads_file = Path(model_cfg["vision"]["path"]) / "heads.safetensors"
     if not heads_file.is_file():
         raise FileNotFoundError(
             f"{heads_file}: the encoder's pretraining heads are needed to align a connector"
         )
     heads = PatchHeads(model.vision.hidden_size)
     heads.load_state_dict({k: v.float() for k, v in load_file(str(heads_file)).items()})
-    x, y = _patch_targets(model, processor, heads, settings, cfg, seed)
+    vocab = RenderVocab(processor.tokenizer)
+    x, y = _patch_targets(model, processor, heads, vocab, settings, cfg, seed)
     say(f"{settings.name}: {x.shape[0]} patch vectors from {settings.images} images")
     conn = model.connector.float().train()
     opt = torch.optim.Adam(conn.parameters(), lr=settings.lr)
@@ -155,8 +155,7 @@ def align_connector(
             "nearest_target_accuracy": round(_nearest_target_accuracy(out, y[sub]), 4),
             "patch_vectors": int(x.shape[0]),
         }
-        newline_id = int(processor.tokenizer("\n", add_special_tokens=False)["input_ids"][0])
-        newline = model.llm.get_input_embeddings().weight[newline_id].detach().float().clone()
+        newline = model.llm.get_input_embeddings().weight[vocab.newline].detach().float().clone()
     # stored in fp16 like the other world backbones (restored to the model's dtype on load)
     state = {f"connector.{k}": v.detach().half().contiguous() for k, v in conn.state_dict().items()}
     state["image_newline"] = newline.half().contiguous()

@@ -1421,7 +1421,9 @@ def pretrain_backbones(
     t0 = time.perf_counter()
     say = log or (lambda _m: None)
     # connectors join an encoder and an LM of this folder: they run last, in this process
-    connectors = [n for n in chosen if n.startswith("connector-")]
+    from vistune.data.synthetic.align import ConnectorSettings
+
+    connectors = [n for n in chosen if isinstance(table[n], ConnectorSettings)]
     chosen = [n for n in chosen if n not in connectors]
     if jobs > 1:
         import multiprocessing as mp
